@@ -12,7 +12,7 @@ import os
 import re
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Literal
+from typing import Annotated, Any, Literal
 
 import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
@@ -272,7 +272,7 @@ class Manifest(_Strict):
     server: ServerSpec = Field(default_factory=ServerSpec, description="The Xinference server.")
     download: DownloadSpec = Field(default_factory=DownloadSpec, description="Where and how weights are fetched.")
     models: list[ModelSpec] = Field(..., min_length=1, description="The models to serve, one entry per model.")
-    roles: dict[Literal["chat", "embedding", "rerank"], int] = Field(
+    roles: dict[Literal["chat", "embedding", "rerank"], Annotated[int, Field(ge=0)]] = Field(
         default_factory=lambda: {role: 1 for role in ROLES},
         description="How many models of each role the stack must have; default exactly one of each. "
         "Set a role to 0 to leave it out.",
@@ -447,6 +447,9 @@ def parse(text: str, *, file: str = "<manifest>", base_dir: Path | None = None, 
         mark = getattr(exc, "problem_mark", None)
         line = mark.line + 1 if mark else None
         reason = getattr(exc, "problem", None) or str(exc)
+        context, start = getattr(exc, "context", None), getattr(exc, "context_mark", None)
+        if context and start and start.line + 1 != line:
+            reason += f" ({context} that starts on line {start.line + 1})"  # e.g. an unclosed quote
         raise ManifestError(file, [Problem("", f"YAML syntax error: {reason}", line=line)]) from exc
     lines = _line_index(root)
     if data is None:
@@ -458,7 +461,7 @@ def parse(text: str, *, file: str = "<manifest>", base_dir: Path | None = None, 
             file,
             [Problem("", f"the manifest must be a mapping of keys (version, name, models, ...), not a {_kind(data)}", line=1)],
         )
-    problems: list[Problem] = []
+    problems: list[Problem] = _underscore_numbers(root)
     data = _interpolate(data, (), environ, problems, lines)
     manifest = None
     try:
@@ -514,6 +517,18 @@ def format_path(loc: tuple) -> str:
     return text
 
 
+def _underscore_numbers(node: yaml.Node, path: tuple = ()) -> list[Problem]:
+    """size_in_billions: 1_8 is Xinference's id for 1.8, but YAML 1.1 reads a plain 1_8 as 18 (0_5 as 5)."""
+    if isinstance(node, yaml.MappingNode):
+        return [p for key, value in node.value for p in _underscore_numbers(value, path + (key.value,))]
+    if isinstance(node, yaml.SequenceNode):
+        return [p for i, item in enumerate(node.value) for p in _underscore_numbers(item, path + (i,))]
+    if path[-1:] == ("size_in_billions",) and node.tag == "tag:yaml.org,2002:int" and "_" in node.value:
+        return [Problem(format_path(path), f"YAML reads {node.value} as the number {yaml.safe_load(node.value)}",
+                        line=node.start_mark.line + 1, hint=f"write {node.value.replace('_', '.')} or quote it: '{node.value}'")]
+    return []
+
+
 def _interpolate(value: Any, loc: tuple, environ: dict, problems: list[Problem], lines: dict) -> Any:
     """Expand ${VAR} and ${VAR:-default} in string values; $$ is a literal $."""
     if isinstance(value, dict):
@@ -541,7 +556,11 @@ def _interpolate(value: Any, loc: tuple, environ: dict, problems: list[Problem],
         )
         return ""
 
-    return ENV_VAR_RE.sub(expand, value)
+    expanded = ENV_VAR_RE.sub(expand, value)
+    # `key: ${VAR:-}` means "unset unless the environment says otherwise", not an empty string.
+    if expanded == "" and ENV_VAR_RE.fullmatch(value.strip()):
+        return None
+    return expanded
 
 
 _UNION_TAG = re.compile(r"^(int|float|str|bool|none|is-instance\[.*\]|.*\[.*\]|function-.*)$")
@@ -589,8 +608,26 @@ def _problems_from_validation(exc: ValidationError, lines: dict) -> list[Problem
             message = err["msg"]
             if "input" in err and not isinstance(err["input"], (dict, list)):
                 message += f" (got {err['input']!r})"
+            hint = _range_hint(loc)
         problems.append(Problem(path, message, line=line, hint=hint))
     return problems
+
+
+def _range_hint(loc: tuple) -> str | None:
+    """'allowed: 0 < gpu_memory_utilization <= 1' for a field with numeric bounds, else None."""
+    parent = _model_at(loc[:-1]) if loc else None
+    info = parent.model_fields.get(str(loc[-1])) if parent else None
+    if info is None:
+        return None
+    bounds = {a: getattr(b, a) for b in info.metadata for a in ("gt", "ge", "lt", "le") if getattr(b, a, None) is not None}
+    low = next(((bounds[a], op) for a, op in (("gt", "<"), ("ge", "<=")) if a in bounds), None)
+    high = next(((bounds[a], op) for a, op in (("lt", "<"), ("le", "<=")) if a in bounds), None)
+    name = loc[-1]
+    if low and high:
+        return f"allowed: {low[0]} {low[1]} {name} {high[1]} {high[0]}"
+    if low:
+        return f"allowed: {name} {low[1].replace('<', '>')} {low[0]}"
+    return f"allowed: {name} {high[1]} {high[0]}" if high else None
 
 
 def _all_fields() -> set[str]:
@@ -628,7 +665,7 @@ def check(data: dict, lines: dict | None = None) -> list[Problem]:
     models = models if isinstance(models, list) else []
     download = data.get("download") if isinstance(data.get("download"), dict) else {}
     offline = download.get("hub") == "none"
-    owner_of_uid: dict[str, int] = {}
+    owner_of_uid: dict[str, tuple[int, tuple]] = {}  # uid -> (model index, entry that claimed it first)
     counts = {role: 0 for role in ROLES}
     for i, spec in enumerate(models):
         if not isinstance(spec, dict):
@@ -642,9 +679,9 @@ def check(data: dict, lines: dict | None = None) -> list[Problem]:
         for loc, entry in entries:
             uid = entry.get("uid")
             if isinstance(uid, str):
-                owner = owner_of_uid.setdefault(uid, i)
+                owner, owner_loc = owner_of_uid.setdefault(uid, (i, loc))
                 if owner != i:
-                    add(loc + ("uid",), f"uid {uid!r} is already used by models[{owner}]",
+                    add(loc + ("uid",), f"uid {uid!r} is already used by {format_path(owner_loc)}",
                         hint="every model needs its own uid: it is the name RAGFlow uses")
             engine = entry.get("engine")
             if role not in MODEL_TYPE_OF_ROLE or not isinstance(engine, str):

@@ -1,0 +1,316 @@
+"""The `provision` command line: parse -> call -> render. Nothing else lives here.
+
+Only click is imported at start-up; every command imports what it needs when it runs, so
+`provision --help` stays fast.
+"""
+
+from __future__ import annotations
+
+import os
+import sys
+
+import click
+
+EXIT_OK, EXIT_FAILED, EXIT_USAGE, EXIT_PARTIAL = 0, 1, 2, 3  # mirrored in errors.py
+
+
+class _Group(click.Group):
+    """Renders every ProvisionError in one place: one message (or one JSON document), its exit code."""
+
+    def invoke(self, ctx: click.Context):
+        try:
+            return super().invoke(ctx)
+        except click.exceptions.Exit:
+            raise
+        except click.ClickException:
+            raise
+        except KeyboardInterrupt:
+            click.echo("interrupted", err=True)
+            sys.exit(130)
+        except Exception as exc:  # noqa: BLE001 - the single place errors are rendered
+            from .errors import ProvisionError
+
+            obj = ctx.obj or {}
+            if obj.get("debug") or not isinstance(exc, ProvisionError):
+                import traceback
+
+                traceback.print_exc()
+                if not isinstance(exc, ProvisionError):
+                    click.echo(
+                        f"error: unexpected {type(exc).__name__}: {exc}\n"
+                        "  this is a bug in provision; please report it with the traceback above",
+                        err=True,
+                    )
+                    sys.exit(EXIT_FAILED)
+            if obj.get("json"):
+                from .report import envelope, print_json
+
+                print_json(envelope(obj.get("command", ""), exc.exit_code, errors=[exc.to_json()]))
+            click.echo(f"error: {exc.render()}", err=True)
+            sys.exit(exc.exit_code)
+
+
+def _json_option(func):
+    return click.option("--json", "as_json", is_flag=True, help="Print one JSON document on stdout.")(func)
+
+
+def _start(ctx: click.Context, command: str, as_json: bool = False) -> dict:
+    ctx.obj = ctx.obj or {}
+    ctx.obj.update(command=command, json=as_json)
+    return ctx.obj
+
+
+def _state_dir(ctx: click.Context):
+    from .state import StateDir
+
+    return StateDir(ctx.obj.get("state_dir"))
+
+
+def _console(as_json: bool):
+    from .report import Console
+
+    return Console(quiet=False) if not as_json else Console(quiet=True)
+
+
+@click.group(cls=_Group, context_settings={"help_option_names": ["-h", "--help"], "max_content_width": 100})
+@click.option("--debug", is_flag=True, help="Show tracebacks for errors.")
+@click.option(
+    "--state-dir",
+    type=click.Path(file_okay=False),
+    envvar="PROVISION_STATE_DIR",
+    help="State folder (default ./.provision; env PROVISION_STATE_DIR).",
+)
+@click.version_option(package_name="provision")
+@click.pass_context
+def cli(ctx: click.Context, debug: bool, state_dir: str | None) -> None:
+    """Turn one YAML manifest into a running, verified Xinference model stack for RAGFlow.
+
+    \b
+    Example (a typical session):
+      provision validate manifests/cpu-small.yml   # check the manifest
+      provision up manifests/cpu-small.yml         # download, serve, launch, verify, RAGFlow config
+      provision status                             # what runs, which candidate won
+      provision verify                             # re-check the three endpoints
+      provision ragflow                            # Base URL and model UIDs to paste into RAGFlow
+      provision down                               # stop what `up` started, nothing else
+
+    Exit codes: 0 ok, 1 failed, 2 usage or manifest error, 3 partial (some models failed).
+    """
+    ctx.obj = {"debug": debug, "state_dir": state_dir}
+
+
+@cli.command()
+@click.argument("manifests", nargs=-1, required=True, type=click.Path(dir_okay=False))
+@_json_option
+@click.pass_context
+def validate(ctx: click.Context, manifests: tuple[str, ...], as_json: bool) -> None:
+    """Check manifests and report every problem with file, line and field path.
+
+    \b
+    Example:
+      provision validate manifests/*.yml
+    """
+    _start(ctx, "validate", as_json)
+    from .errors import ManifestError
+    from .manifest import load
+    from .report import envelope, print_json
+
+    results, errors = [], []
+    for path in manifests:
+        try:
+            manifest = load(path)
+        except ManifestError as exc:
+            if ctx.obj.get("debug"):
+                import traceback
+
+                traceback.print_exc()
+            errors.append(exc)
+            results.append({"file": path, "valid": False, "problems": [p.to_json() for p in exc.problems]})
+            if not as_json:
+                click.echo(f"error: {exc.render()}", err=True)
+            continue
+        chains = [len(manifest.candidates(i)) for i in range(len(manifest.models))]
+        results.append({"file": path, "valid": True, "name": manifest.name, "models": len(manifest.models)})
+        if not as_json:
+            click.echo(f"{path}: ok ({manifest.name}: {len(manifest.models)} models, {sum(chains)} candidates)")
+    code = EXIT_USAGE if errors else EXIT_OK
+    if as_json:
+        print_json(envelope("validate", code, {"manifests": results}, [e.to_json() for e in errors]))
+    sys.exit(code)
+
+
+@cli.command()
+@click.option("-o", "--output", type=click.Path(dir_okay=False), help="Write to a file instead of stdout.")
+def schema(output: str | None) -> None:
+    """Print the manifest's JSON Schema (for editors and CI checks).
+
+    \b
+    Example:
+      provision schema > schema/manifest.schema.json
+    """
+    import json
+
+    from .manifest import json_schema
+
+    text = json.dumps(json_schema(), indent=2) + "\n"
+    if output:
+        with open(output, "w", encoding="utf-8") as handle:
+            handle.write(text)
+    else:
+        click.echo(text, nl=False)
+
+
+@cli.command()
+@click.argument("manifest", type=click.Path(dir_okay=False))
+@_json_option
+@click.pass_context
+def plan(ctx: click.Context, manifest: str, as_json: bool) -> None:
+    """Show what `up` would do, per model and candidate, and why; touches nothing.
+
+    \b
+    Example:
+      provision plan manifests/low-vram.yml
+    """
+    _start(ctx, "plan", as_json)
+    from . import apply, render
+
+    result = apply.plan_only(manifest, _state_dir(ctx))
+    render.emit(render.plan(result), as_json, "plan", EXIT_OK)
+
+
+@cli.command()
+@click.argument("manifest", type=click.Path(dir_okay=False))
+@_json_option
+@click.pass_context
+def up(ctx: click.Context, manifest: str, as_json: bool) -> None:
+    """Plan, download, serve, launch with fallbacks, verify, and write the RAGFlow config.
+
+    Re-running `up` keeps what is already running and unchanged.
+
+    \b
+    Example:
+      provision up manifests/cpu-small.yml
+      provision --state-dir /srv/rag/.provision up manifests/low-vram.yml --json
+    """
+    _start(ctx, "up", as_json)
+    from . import apply, render
+
+    result = apply.up(manifest, _state_dir(ctx), console=_console(as_json))
+    render.emit(render.up(result), as_json, "up", result.exit_code)
+
+
+@cli.command()
+@_json_option
+@click.pass_context
+def verify(ctx: click.Context, as_json: bool) -> None:
+    """Re-check every running model with the requests RAGFlow sends; exit 0 only if all pass.
+
+    \b
+    Example:
+      provision verify
+      provision verify --json | jq '.checks[] | select(.ok | not)'
+    """
+    _start(ctx, "verify", as_json)
+    from . import operations, render
+
+    result = operations.verify(_state_dir(ctx))
+    render.emit(render.verify(result), as_json, "verify", result.exit_code)
+
+
+@cli.command()
+@_json_option
+@click.pass_context
+def status(ctx: click.Context, as_json: bool) -> None:
+    """Show whether the server is alive, each model's state, which candidate won, and the Base URL.
+
+    \b
+    Example:
+      provision status
+    """
+    _start(ctx, "status", as_json)
+    from . import operations, render
+
+    result = operations.status(_state_dir(ctx))
+    render.emit(render.status(result), as_json, "status", result.exit_code)
+
+
+@cli.command()
+@_json_option
+@click.pass_context
+def down(ctx: click.Context, as_json: bool) -> None:
+    """Terminate the models `up` launched, then stop the server it started; nothing else.
+
+    A server given by `server.endpoint` is never stopped. Running `down` twice is harmless.
+
+    \b
+    Example:
+      provision down
+    """
+    _start(ctx, "down", as_json)
+    from . import operations, render
+
+    result = operations.down(_state_dir(ctx), console=_console(as_json))
+    render.emit(render.down(result), as_json, "down", result.exit_code)
+
+
+@cli.command()
+@_json_option
+@click.option("--docker/--no-docker", default=None, help="Show the Base URL for RAGFlow in Docker (default: the manifest's ragflow.docker).")
+@click.pass_context
+def ragflow(ctx: click.Context, as_json: bool, docker: bool | None) -> None:
+    """Print the RAGFlow settings of what is up: Base URL and the model UIDs to enter.
+
+    \b
+    Example:
+      provision ragflow --docker
+    """
+    _start(ctx, "ragflow", as_json)
+    from . import operations, render
+
+    result = operations.ragflow(_state_dir(ctx), docker=docker)
+    render.emit(render.ragflow(result), as_json, "ragflow", EXIT_OK)
+
+
+@cli.group()
+def mirror() -> None:
+    """Serve model folders over the ModelScope hub API (intranet mirror, air-gapped machines).
+
+    \b
+    Example:
+      provision mirror serve /srv/models --host 0.0.0.0 --port 8000
+    """
+
+
+@mirror.command("serve")
+@click.argument("directory", type=click.Path(file_okay=False, exists=True))
+@click.option("--host", default="127.0.0.1", show_default=True, help="Address to listen on.")
+@click.option("--port", default=8000, show_default=True, type=int, help="Port to listen on (0 = any free port).")
+@click.option("--token-env", default=None, help="Require the token held by this environment variable.")
+@click.pass_context
+def mirror_serve(ctx: click.Context, directory: str, host: str, port: int, token_env: str | None) -> None:
+    """Serve DIRECTORY/<owner>/<name>/ folders to the `modelscope` client.
+
+    Point a manifest at it with `download.endpoint: http://HOST:PORT`.
+
+    \b
+    Example:
+      provision mirror serve /srv/models --host 0.0.0.0 --port 8000
+    """
+    _start(ctx, "mirror serve")
+    from .errors import UsageError
+    from .mirror import serve
+
+    token = None
+    if token_env:
+        token = os.environ.get(token_env)
+        if not token:
+            raise UsageError(f"--token-env {token_env}: the variable is not set")
+    serve(directory, host=host, port=port, token=token)
+
+
+def main() -> None:
+    cli(prog_name="provision")
+
+
+if __name__ == "__main__":
+    main()
