@@ -33,6 +33,7 @@ DEFAULT_GPU_MEMORY_UTILIZATION = {"LLM": 0.75, "embedding": 0.1, "rerank": 0.1}
 # Keys engine options may not override: the chain tracks the model by uid, and wait_ready in the body
 # is an HTTP 500 ("got multiple values for keyword argument 'wait_ready'").
 _RESERVED_OPTIONS = {"model_uid", "model_name", "model_type", "wait_ready"}
+_ABSENT = object()
 _PENDING = {"CREATING", "UPDATING", "LOADING", "PENDING"}
 REASON_CHARS = 240  # a Failure's reason; summary lines cut to 160
 
@@ -268,6 +269,7 @@ class _Run:
     poll_interval: float
     clock: Callable[[], float]
     sleep: Callable[[float], None]
+    engines: dict[tuple[str, str], Any] = field(default_factory=dict)  # (model_type, name) -> /v1/engines answer
 
     def emit(self, kind: str, candidate: Candidate, message: str = "", progress: float | None = None) -> None:
         if self.on_event is not None:
@@ -275,6 +277,9 @@ class _Run:
 
     def attempt(self, candidate: Candidate) -> tuple[dict | None, Failure | None, float | None]:
         """(payload, failure or None, seconds from POST to READY) of one candidate."""
+        failure = self.engine_check(candidate)
+        if failure is not None:
+            return None, failure, None
         self.emit("resolving", candidate)
         try:
             path = self.resolve_path(candidate)
@@ -296,6 +301,36 @@ class _Run:
             note = f"gpu_memory_utilization was {value}" + (" (provision's default)" if defaulted else "")
             failure = replace(failure, hint=f"{failure.hint}; {note}")
         return payload, failure, (None if failure else round(self.clock() - posted, 3))
+
+    def engine_check(self, candidate: Candidate) -> Failure | None:
+        """Ask the server which engines can run this model before fetching or launching anything.
+
+        The launch error only says "cannot be run on engine X"; /v1/engines says why ("Failed to import
+        vLLM: No module named 'vllm'"), and a fallback with other weights is not downloaded for nothing.
+        A server without the endpoint, or an answer we do not understand, leaves the decision to launch.
+        """
+        key = (candidate.model_type, candidate.name)
+        if key not in self.engines:
+            try:
+                self.engines[key] = self.client.engines(candidate.model_type, candidate.name)
+            except XinferenceError as exc:
+                if isinstance(exc, AuthError) or exc.status is None:
+                    return self.failure_of(exc)
+                self.engines[key] = None
+        offered = self.engines[key]
+        if not isinstance(offered, dict) or not offered:
+            return None
+        verdict = next((v for k, v in offered.items() if k.lower() == candidate.engine.lower()), _ABSENT)
+        if verdict is _ABSENT:
+            names = ", ".join(sorted(offered))
+            return Failure(FailureKind.ENGINE_UNSUPPORTED, Scope.CANDIDATE,
+                           _short(f"Xinference has no {candidate.engine} engine for {candidate.name}; it has: {names}"),
+                           "pick one of those engines")
+        if isinstance(verdict, str):
+            return Failure(FailureKind.ENGINE_MISSING, Scope.CANDIDATE,
+                           _short(f"engine {candidate.engine} is not usable on this server: {verdict}"),
+                           "install the engine into the server's Python, or let the chain move on")
+        return None
 
     def wait_ready(self, candidate: Candidate) -> Failure | None:
         uid = candidate.uid

@@ -66,6 +66,7 @@ class ModelRecord:
     name: str | None = None
     engine: str | None = None
     spec: dict[str, Any] = field(default_factory=dict)  # the launch payload that won
+    chain_key: str = ""  # fingerprint of the manifest entry it was launched from (plan.chain_key)
     folder: str | None = None
     attempts: list[AttemptRecord] = field(default_factory=list)
     error: str | None = None

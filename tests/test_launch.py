@@ -8,6 +8,7 @@ A fake clock/sleep makes polling and deadlines instant.
 from __future__ import annotations
 
 import json
+import re
 from pathlib import Path
 
 import pytest
@@ -108,6 +109,9 @@ class FakeClock:
 
 def run_chain(candidates, *, resolve_path=None, log_tail=lambda: "", on_event=None, clock=None):
     clock = clock or FakeClock()
+    # An engine matrix a test registered wins; otherwise the server has no /v1/engines (an old server),
+    # and the chain goes straight to the launch.
+    responses.add(responses.GET, re.compile(rf"{re.escape(URL)}/v1/engines/.*"), status=404, json={"detail": "Not Found"})
     return launch_chain(
         XinferenceClient(URL),
         candidates,
@@ -187,7 +191,7 @@ def test_launch_posts_wait_ready_false_as_query_parameter(chat):
     instances("READY")
     result = run_chain(chat[:1])
     assert result.ok
-    request = responses.calls[0].request
+    request = next(c.request for c in responses.calls if c.request.method == "POST")
     assert "wait_ready=false" in request.url
     assert "wait_ready" not in json.loads(request.body)
     assert result.payload == posted_bodies()[0]
@@ -326,6 +330,8 @@ def test_interrupt_mid_launch_terminates_the_model(chat):
     instances("CREATING")
     responses.add(responses.DELETE, f"{URL}/v1/models/qwen-chat", body="null", status=200)
 
+    responses.add(responses.GET, re.compile(rf"{re.escape(URL)}/v1/engines/.*"), status=404)
+
     def interrupted(seconds):
         raise KeyboardInterrupt
 
@@ -395,3 +401,34 @@ def test_render_attempts_aligns_columns():
     assert rows[0].startswith("primary     bge-m3  vllm                   failed  1.2s  out of memory: CUDA")
     assert rows[1].startswith("fallback 1  bge-m3  sentence_transformers  ready   1.2s")
     assert render_attempts([]) == []
+
+
+@responses.activate
+def test_engine_matrix_skips_an_engine_that_is_not_installed_without_fetching_or_posting(chat):
+    responses.add(responses.GET, f"{URL}/v1/engines/qwen2.5-instruct", json={
+        "vLLM": "Failed to import vLLM: No module named 'vllm'",
+        "Transformers": [{"model_name": "qwen2.5-instruct", "model_format": "pytorch"}],
+    })
+    post()
+    instances("READY")
+    fetched = []
+    result = run_chain(chat[:2], resolve_path=lambda c: fetched.append(c.label) or c.folder)
+    assert [(a.candidate, a.outcome, a.kind) for a in result.attempts] == [
+        ("primary", "failed", "engine_missing"), ("fallback 1", "ready", "")]
+    assert "No module named 'vllm'" in result.attempts[0].reason
+    assert fetched == ["fallback 1"]  # the vLLM candidate's weights were never fetched
+    assert [b["model_engine"] for b in posted_bodies()] == ["Transformers"]
+    assert len([c for c in responses.calls if "/v1/engines/" in c.request.url]) == 1  # asked once per name
+
+
+@responses.activate
+def test_engine_matrix_without_the_engine_names_the_ones_it_has(rerank):
+    responses.add(responses.GET, f"{URL}/v1/engines/rerank/bge-reranker-v2-m3", json={
+        "sentence_transformers": [{"model_name": "bge-reranker-v2-m3"}],
+        "llama.cpp": "Engine llama.cpp library is not installed",
+    })
+    result = run_chain(rerank[:1])
+    assert result.attempts[0].kind == "engine_unsupported"
+    assert "no vllm engine for bge-reranker-v2-m3" in result.attempts[0].reason
+    assert "llama.cpp, sentence_transformers" in result.attempts[0].reason
+    assert posted_bodies() == []

@@ -1,0 +1,156 @@
+"""`verify`, `status`, `down` and `ragflow`: they read the state, never re-derive it from the manifest."""
+
+from __future__ import annotations
+
+import time
+from dataclasses import dataclass, field
+
+from . import ragflow as ragflow_config
+from . import server, verify as checks
+from .errors import EXIT_FAILED, EXIT_OK, ProvisionError
+from .report import Console
+from .state import State, StateDir
+from .xinference import XinferenceClient
+
+
+@dataclass
+class VerifyResult:
+    state: State
+    checks: list[checks.CheckResult]
+    exit_code: int
+
+
+@dataclass
+class ModelStatus:
+    role: str
+    uid: str
+    recorded: str  # what the state says: running | failed | terminated
+    live: str  # what the server says now: running | not running | unknown
+    candidate: str | None
+    engine: str | None
+    error: str | None
+
+
+@dataclass
+class StatusResult:
+    state: State
+    server_alive: bool
+    server_detail: str
+    base_url: str
+    models: list[ModelStatus]
+    exit_code: int
+
+
+@dataclass
+class DownResult:
+    terminated: list[str] = field(default_factory=list)
+    already_gone: list[str] = field(default_factory=list)
+    server: str = "nothing to stop"
+    exit_code: int = EXIT_OK
+    errors: list[str] = field(default_factory=list)
+
+
+@dataclass
+class RagflowResult:
+    provider: dict
+    docker: bool
+    paste: str
+    files: dict[str, str]
+
+
+def _client(state: State) -> XinferenceClient:
+    return XinferenceClient(state.server.url)
+
+
+def verify(state_dir: StateDir) -> VerifyResult:
+    state = state_dir.require()
+    running = [m for m in state.models if m.status == "running"]
+    if state.server is None or not running:
+        results = [checks.not_checked(m, "not running: " + (m.error or m.status)) for m in state.models]
+        return VerifyResult(state, results, EXIT_FAILED)
+    results = checks.verify_all(_client(state), running)
+    results += [checks.not_checked(m, "did not come up: " + (m.error or m.status)) for m in state.models if m.status != "running"]
+    return VerifyResult(state, results, EXIT_OK if results and all(r.ok for r in results) else EXIT_FAILED)
+
+
+def status(state_dir: StateDir) -> StatusResult:
+    state = state_dir.require()
+    record = state.server
+    alive, detail, live_uids = False, "no server recorded", None
+    if record is not None:
+        if record.managed and not server.is_same_process(record):
+            detail = f"stopped (pid {record.pid} is gone)"
+        else:
+            code = _client(state).answers()
+            alive = code is not None
+            detail = (
+                f"{'started by provision, pid ' + str(record.pid) if record.managed else 'external'}, "
+                + ("answering" if alive else "not answering")
+            )
+        if alive:
+            try:
+                live_uids = {m.get("id") for m in _client(state).list_models()}
+            except ProvisionError as exc:
+                detail += f" (cannot list models: {exc.message})"
+    models = []
+    for m in state.models:
+        live = "unknown" if live_uids is None else ("running" if m.uid in live_uids else "not running")
+        models.append(ModelStatus(m.role, m.uid, m.status, live, m.candidate, m.engine, m.error))
+    healthy = alive and all(s.live == "running" for s in models if s.recorded == "running")
+    return StatusResult(state, alive, detail, ragflow_config.base_url_of(state), models, EXIT_OK if healthy else EXIT_FAILED)
+
+
+def down(state_dir: StateDir, console: Console | None = None) -> DownResult:
+    console = console or Console()
+    result = DownResult()
+    state = state_dir.read()
+    if state is None:
+        result.server = f"nothing recorded in {state_dir.path}"
+        return result
+    with state_dir.lock("down"):
+        record = state.server
+        reachable = record is not None and (not record.managed or server.is_same_process(record))
+        if reachable:
+            client = _client(state)
+            for model in state.models:
+                if model.status != "running":
+                    continue
+                try:
+                    gone = not client.terminate(model.uid)
+                except ProvisionError as exc:
+                    if record.managed:  # the server is stopped next, which ends the model too
+                        console.line(f"[down] {model.uid}: terminate failed ({exc.message}); stopping the server ends it")
+                    else:
+                        result.errors.append(f"{model.uid}: {exc.message}")
+                        continue
+                    gone = False
+                (result.already_gone if gone else result.terminated).append(model.uid)
+                model.status = "terminated"
+                console.line(f"[down] {model.uid}: {'already gone' if gone else 'terminated'}")
+        else:
+            for model in state.models:
+                if model.status == "running":
+                    model.status = "terminated"
+                    result.already_gone.append(model.uid)
+        if record is not None and record.managed:
+            started = time.monotonic()
+            result.server = server.stop_server(record)
+            console.line(f"[down] server: {result.server} ({time.monotonic() - started:.1f}s)")
+            state.server = None
+        elif record is not None:
+            result.server = f"left running (external server {record.url})"
+        state_dir.write(state)
+    result.exit_code = EXIT_FAILED if result.errors else EXIT_OK
+    return result
+
+
+def ragflow(state_dir: StateDir, docker: bool | None = None) -> RagflowResult:
+    state = state_dir.require()
+    use_docker = state.ragflow_docker if docker is None else docker
+    provider = ragflow_config.build_provider(state)
+    files = {
+        name: str(path)
+        for name, path in ragflow_config.config_paths(state_dir).items()
+        if path.exists()
+    }
+    return RagflowResult(provider, use_docker, ragflow_config.paste_block(provider, docker=use_docker), files)

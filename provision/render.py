@@ -1,0 +1,149 @@
+"""Results -> what a person reads (text) and what a script reads (one JSON document)."""
+
+from __future__ import annotations
+
+import sys
+from dataclasses import asdict
+from typing import Any
+
+from .report import envelope, print_json, seconds, table
+
+Rendered = tuple[str, dict]
+
+
+def emit(rendered: Rendered, as_json: bool, command: str, exit_code: int) -> None:
+    text, data = rendered
+    if as_json:
+        errors = data.pop("_errors", [])
+        print_json(envelope(command, exit_code, data, errors))
+    else:
+        data.pop("_errors", None)
+        sys.stdout.write(text.rstrip("\n") + "\n")
+        sys.stdout.flush()
+    sys.exit(exit_code)
+
+
+def plan_lines(plan) -> list[str]:
+    lines = [f"Plan for {plan.name} ({plan.manifest})", f"  server: {plan.server} - {plan.server_reason}"]
+    for step in plan.steps:
+        lines.append(f"  {step.role} {step.uid}: {step.action} - {step.reason}")
+        if step.action in ("keep", "terminate"):
+            continue
+        for c in step.candidates:
+            notes = f" [{', '.join(c.notes)}]" if c.notes else ""
+            lines.append(f"      {c.label:<11} {c.name} on {c.engine}: weights {c.weights}{notes}")
+    return lines
+
+
+def plan(result) -> Rendered:
+    return "\n".join(plan_lines(result)), {"plan": asdict(result), "_errors": []}
+
+
+REASON_WIDTH = 100  # the table stays readable; --json and the failure summary carry the whole text
+
+
+def attempt_rows(record) -> list[list[Any]]:
+    rows = []
+    for a in record.attempts:
+        reason = (a.kind + ": " if a.kind else "") + a.reason.split(" (hint: ")[0]
+        if len(reason) > REASON_WIDTH:
+            reason = reason[: REASON_WIDTH - 3] + "..."
+        rows.append([record.uid, a.candidate, a.name, a.engine, a.outcome, seconds(a.seconds), reason])
+    return rows
+
+
+def up(result) -> Rendered:
+    state = result.state
+    kept = {s.uid for s in result.plan.steps if s.action == "keep"}
+    lines = ["", "Attempts"]
+    rows = [row for m in state.models if m.uid not in kept for row in attempt_rows(m)]
+    lines.append(table(["uid", "candidate", "model", "engine", "outcome", "time", "reason"], rows) if rows else "  (no launches)")
+    lines += [f"  kept running: {m.uid} ({m.candidate}, {m.name} on {m.engine})" for m in state.models if m.uid in kept]
+    failed = [m for m in state.models if m.status == "failed"]
+    for m in failed:
+        lines += ["", f"{m.role} {m.uid} failed: {m.error}"]
+    lines += ["", "Verify", _checks_table(result.checks)]
+    timing = ", ".join(f"{k} {seconds(v)}" for k, v in result.timings.items())
+    lines += ["", f"Timings: {timing}"]
+    if result.files:
+        lines += ["", "RAGFlow config written: " + ", ".join(result.files.values())]
+    if result.paste:
+        lines += ["", result.paste]
+    data = {
+        "plan": asdict(result.plan),
+        "server": asdict(state.server) if state.server else None,
+        "models": [asdict(m) for m in state.models],
+        "checks": [asdict(c) for c in result.checks],
+        "ragflow": result.provider,
+        "files": result.files,
+        "timings": result.timings,
+        "terminated": result.terminated,
+        "_errors": [{"type": "LaunchError", "message": f"{m.uid}: {m.error}"} for m in failed]
+        + [_check_error(c) for c in result.checks if not c.ok],
+    }
+    return "\n".join(lines), data
+
+
+def _check_error(check) -> dict:
+    return {"type": "VerifyError", "message": check.message, "hint": check.hint}
+
+
+def _checks_table(checks) -> str:
+    if not checks:
+        return "  (nothing to verify)"
+    rows = [[c.role, c.uid, c.status, seconds(c.latency_s), c.detail or ""] for c in checks]
+    lines = [table(["role", "uid", "result", "latency", "detail"], rows)]
+    for c in checks:
+        if not c.ok:
+            lines.append(f"  {c.message}" + (f"\n    hint: {c.hint}" if c.hint else ""))
+    return "\n".join(lines)
+
+
+def verify(result) -> Rendered:
+    data = {
+        "checks": [asdict(c) for c in result.checks],
+        "_errors": [_check_error(c) for c in result.checks if not c.ok],
+    }
+    return _checks_table(result.checks), data
+
+
+def status(result) -> Rendered:
+    state = result.state
+    lines = [
+        f"Stack {state.name} ({state.manifest})",
+        f"Server: {'alive' if result.server_alive else 'DOWN'} - {result.server_detail}",
+        f"Base URL: {result.base_url}",
+        "",
+        table(
+            ["role", "uid", "recorded", "live", "candidate", "engine"],
+            [[m.role, m.uid, m.recorded, m.live, m.candidate or "-", m.engine or "-"] for m in result.models],
+        ),
+    ]
+    lines += [f"  {m.uid}: {m.error}" for m in result.models if m.error]
+    data = {
+        "name": state.name,
+        "manifest": state.manifest,
+        "server": {"alive": result.server_alive, "detail": result.server_detail, **(asdict(state.server) if state.server else {})},
+        "base_url": result.base_url,
+        "models": [asdict(m) for m in result.models],
+        "_errors": [],
+    }
+    return "\n".join(lines), data
+
+
+def down(result) -> Rendered:
+    lines = [f"Terminated: {', '.join(result.terminated) or 'none'}"]
+    if result.already_gone:
+        lines.append(f"Already gone: {', '.join(result.already_gone)}")
+    lines.append(f"Server: {result.server}")
+    lines += [f"error: {e}" for e in result.errors]
+    data = asdict(result)
+    data["_errors"] = [{"type": "XinferenceError", "message": e} for e in result.errors]
+    return "\n".join(lines), data
+
+
+def ragflow(result) -> Rendered:
+    text = result.paste
+    if result.files:
+        text += "\n\nFiles: " + ", ".join(result.files.values())
+    return text, {"ragflow": result.provider, "docker": result.docker, "files": result.files, "_errors": []}

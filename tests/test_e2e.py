@@ -1,0 +1,316 @@
+"""End to end: `provision up` against the REAL xinference-local (CPU), downloading through the REAL
+`modelscope` client from `provision mirror serve` on loopback, then verify / status / ragflow / down.
+
+One stack is brought up per module (a real server and three real model processes take a minute or
+two on a small machine); the tests below run in order against it. The finaliser stops everything
+this module started, by PID, even when a test fails.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import socket
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+import requests
+
+pytestmark = pytest.mark.e2e
+
+REPO = Path(__file__).resolve().parent.parent
+CACHE = REPO / ".test-cache"
+PROVISION = [sys.executable, "-m", "provision"]
+
+try:
+    import xinference  # noqa: F401
+
+    HAVE_SERVER = True
+except ImportError:  # pragma: no cover - CI installs the server extra
+    HAVE_SERVER = False
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def port_free(port: int) -> bool:
+    """Nothing listens on the port (TIME_WAIT leftovers of closed connections do not count)."""
+    with socket.socket() as s:
+        s.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+        try:
+            s.bind(("127.0.0.1", port))
+            return True
+        except OSError:
+            return False
+
+
+def pid_alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        return True
+    try:  # a zombie is gone for our purposes
+        return Path(f"/proc/{pid}/stat").read_text().split(") ")[1][0] != "Z"
+    except OSError:
+        return False
+
+
+def group_members(pgid: int) -> list[int]:
+    members = []
+    for entry in Path("/proc").iterdir():
+        if entry.name.isdigit():
+            try:
+                fields = (entry / "stat").read_text().rsplit(")", 1)[1].split()
+            except OSError:
+                continue
+            if int(fields[2]) == pgid and fields[0] != "Z":
+                members.append(int(entry.name))
+    return members
+
+
+MANIFEST = """\
+version: 1
+name: e2e
+server:
+  host: 127.0.0.1
+  port: {port}
+  home: {home}
+  start_timeout: 300
+download:
+  hub: modelscope
+  endpoint: {mirror}
+  models_dir: {models}
+models:
+  - role: embedding
+    uid: e2e-embed
+    name: bge-small-en-v1.5
+    source: tiny/minilm-embed
+    engine: sentence_transformers
+  - role: rerank
+    uid: e2e-rerank
+    name: bge-reranker-base
+    source: tiny/rerank-bert
+    engine: vllm                # not installed here: must fail and fall back
+    gpu_memory_utilization: 0.2
+    fallbacks:
+      - engine: transformers    # = sentence_transformers for rerank
+  - role: chat
+    uid: e2e-chat
+    name: qwen2.5-instruct
+    source: tiny/qwen2-chat
+    engine: vLLM
+    size_in_billions: 0.5
+    format: pytorch
+    quantization: none
+    fallbacks:
+      - engine: Transformers
+ragflow:
+  docker: true
+"""
+
+
+class Stack:
+    def __init__(self, root: Path, env: dict, manifest: Path, state: Path, port: int):
+        self.root, self.env, self.manifest, self.state, self.port = root, env, manifest, state, port
+        self.base = f"http://127.0.0.1:{port}"
+        self.up_doc: dict = {}
+        self.up_seconds = 0.0
+
+    def run(self, *args: str, timeout: float = 900) -> tuple[int, dict | None, str]:
+        proc = subprocess.run(
+            [*PROVISION, "--state-dir", str(self.state), *args],
+            env=self.env, cwd=self.root, capture_output=True, text=True, timeout=timeout,
+        )
+        doc = None
+        if "--json" in args:
+            try:
+                doc = json.loads(proc.stdout)
+            except ValueError:
+                pytest.fail(f"`provision {' '.join(args)}` printed no JSON:\n{proc.stdout}\n{proc.stderr}")
+        return proc.returncode, doc, proc.stderr
+
+    def state_json(self) -> dict:
+        return json.loads((self.state / "state.json").read_text())
+
+
+@pytest.fixture(scope="module")
+def stack(tmp_path_factory):
+    if not HAVE_SERVER:
+        pytest.skip("xinference is not installed (pip install -e '.[server]')")
+    from tiny_models import build_all
+
+    root = tmp_path_factory.mktemp("e2e")
+    mirror_root = CACHE / "mirror"
+    build_all(mirror_root)
+    env = {
+        **os.environ,
+        "MODELSCOPE_CACHE": str(root / "ms-cache"),
+        "MODELSCOPE_HOME": str(root / "ms-home"),
+        "MODELSCOPE_DOWNLOAD_INTRA_CLOUD": "false",
+        "TQDM_DISABLE": "1",
+        "HF_HUB_OFFLINE": "1",
+        "PYTHONPATH": str(REPO),
+    }
+    env.pop("PROVISION_STATE_DIR", None)
+    mirror_port = free_port()
+    mirror = subprocess.Popen(
+        [*PROVISION, "mirror", "serve", str(mirror_root), "--host", "127.0.0.1", "--port", str(mirror_port)],
+        env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, start_new_session=True,
+    )
+    mirror_url = f"http://127.0.0.1:{mirror_port}"
+    port = free_port()
+    manifest = root / "stack.yml"
+    manifest.write_text(MANIFEST.format(port=port, home=root / "xinf-home", mirror=mirror_url, models=root / "models"))
+    stack = Stack(root, env, manifest, root / "state", port)
+    try:
+        deadline = time.monotonic() + 30
+        while True:
+            try:
+                requests.get(f"{mirror_url}/api/v1/models/tiny/minilm-embed", timeout=1)
+                break
+            except requests.ConnectionError:
+                assert mirror.poll() is None, f"mirror died: {mirror.stdout.read().decode()}"
+                assert time.monotonic() < deadline, "mirror did not answer within 30 s"
+                time.sleep(0.2)
+        yield stack
+    finally:
+        _stop_everything(stack, mirror)
+
+
+def _stop_everything(stack: Stack, mirror: subprocess.Popen) -> None:
+    """Whatever happened, leave no process of ours and no port held."""
+    pgid = None
+    if (stack.state / "state.json").exists():
+        server = stack.state_json().get("server") or {}
+        pgid = server.get("pgid")
+        subprocess.run([*PROVISION, "--state-dir", str(stack.state), "down"], env=stack.env, cwd=stack.root,
+                       capture_output=True, timeout=120)
+    if pgid and group_members(pgid):
+        os.killpg(pgid, signal.SIGKILL)
+    mirror.send_signal(signal.SIGTERM)
+    try:
+        mirror.wait(timeout=10)
+    except subprocess.TimeoutExpired:
+        mirror.kill()
+        mirror.wait()
+    mirror.stdout.close()
+
+
+def test_up_brings_the_stack_up_through_fallbacks(stack: Stack):
+    started = time.monotonic()
+    code, doc, stderr = stack.run("up", str(stack.manifest), "--json")
+    stack.up_seconds = time.monotonic() - started
+    stack.up_doc = doc
+    assert code == 0, f"up failed ({code}):\n{stderr}\n{json.dumps(doc, indent=2)[:4000]}"
+    models = {m["uid"]: m for m in doc["models"]}
+    assert {m["status"] for m in models.values()} == {"running"}
+
+    rerank = [(a["candidate"], a["engine"], a["outcome"]) for a in models["e2e-rerank"]["attempts"]]
+    assert rerank == [("primary", "vllm", "failed"), ("fallback 1", "sentence_transformers", "ready")]
+    assert "vllm" in models["e2e-rerank"]["attempts"][0]["reason"].lower()
+    chat = [(a["candidate"], a["engine"], a["outcome"]) for a in models["e2e-chat"]["attempts"]]
+    assert chat == [("primary", "vLLM", "failed"), ("fallback 1", "Transformers", "ready")]
+    assert [a["outcome"] for a in models["e2e-embed"]["attempts"]] == ["ready"]
+    assert models["e2e-rerank"]["candidate"] == "fallback 1"
+
+    assert {c["uid"]: c["ok"] for c in doc["checks"]} == {"e2e-embed": True, "e2e-rerank": True, "e2e-chat": True}
+    assert doc["timings"]["first_ready"] < doc["timings"]["total"]
+    report = os.environ.get("PROVISION_E2E_REPORT")
+    if report:
+        Path(report).write_text(json.dumps({"wall_seconds": stack.up_seconds, "timings": doc["timings"]}, indent=2))
+    # The weights came through the modelscope client from the mirror into models_dir.
+    assert (stack.root / "models" / "tiny" / "qwen2-chat" / "config.json").exists()
+
+
+def test_ragflow_config_is_written(stack: Stack):
+    provider = json.loads((stack.state / "ragflow" / "provider.json").read_text())
+    assert provider["base_url"] == f"http://127.0.0.1:{stack.port}/v1"
+    assert provider["docker_base_url"] == f"http://host.docker.internal:{stack.port}/v1"
+    assert provider["api_key"] is None
+    by_role = {m["role"]: m for m in provider["models"]}
+    assert {r: m["uid"] for r, m in by_role.items()} == {"embedding": "e2e-embed", "rerank": "e2e-rerank", "chat": "e2e-chat"}
+    assert {r: m["model_type"] for r, m in by_role.items()} == {"embedding": "embedding", "rerank": "rerank", "chat": "chat"}
+    assert by_role["chat"]["max_tokens"] == 32768  # qwen2.5-instruct's context length, as Xinference reports it
+    conf = (stack.state / "ragflow").glob("service_conf*.yaml")
+    assert any("user_default_llm" in p.read_text() for p in conf)
+
+    code, doc, _ = stack.run("ragflow", "--json")
+    assert code == 0 and doc["ragflow"]["base_url"] == provider["base_url"]
+    code, _, _ = stack.run("ragflow", "--docker")
+    assert code == 0
+
+
+def test_openai_client_works_against_base_url(stack: Stack):
+    from openai import OpenAI
+
+    provider = json.loads((stack.state / "ragflow" / "provider.json").read_text())
+    client = OpenAI(base_url=provider["base_url"], api_key="not-used")
+    assert {"e2e-embed", "e2e-rerank", "e2e-chat"} <= {m.id for m in client.models.list()}
+    vectors = client.embeddings.create(model="e2e-embed", input=["a panda eats bamboo", "stock markets fell"]).data
+    assert len(vectors) == 2 and len(vectors[0].embedding) == 384 and vectors[0].embedding != vectors[1].embedding
+    reply = client.chat.completions.create(model="e2e-chat", messages=[{"role": "user", "content": "Hello!"}], max_tokens=8)
+    assert reply.choices[0].message.role == "assistant" and reply.choices[0].message.content
+    # Rerank the way RAGFlow does it: requests, string booleans, the /v1/rerank path.
+    body = requests.post(
+        provider["base_url"].rsplit("/v1", 1)[0] + "/v1/rerank",
+        json={"model": "e2e-rerank", "query": "panda", "return_documents": "true", "return_len": "true",
+              "documents": ["pandas eat bamboo", "the stock market", "a bear in china"]},
+        timeout=60,
+    ).json()
+    assert sorted(r["index"] for r in body["results"]) == [0, 1, 2]
+
+
+def test_status_and_verify_report_the_running_stack(stack: Stack):
+    code, doc, _ = stack.run("status", "--json")
+    assert code == 0 and doc["server"]["alive"] is True
+    assert {m["uid"]: (m["live"], m["candidate"]) for m in doc["models"]} == {
+        "e2e-embed": ("running", "primary"), "e2e-rerank": ("running", "fallback 1"), "e2e-chat": ("running", "fallback 1")}
+    code, doc, _ = stack.run("verify", "--json")
+    assert code == 0 and all(c["ok"] for c in doc["checks"]) and len(doc["checks"]) == 3
+    assert {c["uid"]: c["detail"] for c in doc["checks"] if c["role"] == "embedding"}["e2e-embed"].startswith("384")
+
+
+def test_second_up_is_a_no_op(stack: Stack):
+    pid_before = stack.state_json()["server"]["pid"]
+    code, doc, stderr = stack.run("up", str(stack.manifest), "--json")
+    assert code == 0, stderr
+    assert {s["uid"]: s["action"] for s in doc["plan"]["steps"]} == {
+        "e2e-embed": "keep", "e2e-rerank": "keep", "e2e-chat": "keep"}
+    assert doc["plan"]["server"] == "reuse" and doc["server"]["pid"] == pid_before
+    assert "download" not in doc["timings"] and "launch" not in doc["timings"]
+    assert all(c["ok"] for c in doc["checks"])
+
+
+def test_verify_catches_a_model_terminated_behind_our_back(stack: Stack):
+    assert requests.delete(f"{stack.base}/v1/models/e2e-rerank", timeout=60).status_code == 200
+    code, doc, _ = stack.run("verify", "--json")
+    assert code == 1
+    failed = {c["uid"]: c["message"] for c in doc["checks"] if not c["ok"]}
+    assert list(failed) == ["e2e-rerank"]
+    assert "not running" in failed["e2e-rerank"]
+    code, doc, _ = stack.run("status", "--json")
+    assert code == 1 and {m["uid"]: m["live"] for m in doc["models"]}["e2e-rerank"] == "not running"
+
+
+def test_down_leaves_nothing_running(stack: Stack):
+    server = stack.state_json()["server"]
+    pid, pgid = server["pid"], server["pgid"]
+    assert pid_alive(pid) and group_members(pgid)
+    code, doc, stderr = stack.run("down", "--json")
+    assert code == 0, stderr
+    assert set(doc["terminated"]) == {"e2e-embed", "e2e-chat"}
+    assert doc["already_gone"] == ["e2e-rerank"]
+    assert not pid_alive(pid)
+    assert group_members(pgid) == []
+    assert port_free(stack.port)
+    code, doc, _ = stack.run("down", "--json")  # twice is harmless
+    assert code == 0 and doc["terminated"] == []
