@@ -163,13 +163,13 @@ def _apply(run: _Run, plan: Plan) -> UpResult:
             terminated.append(step.uid)
     run.save()
 
-    started = time.monotonic()
     running = [m for m in run.state.models if m.status == "running"]
     if not running and plan.server in ("start", "restart"):
         # Nothing came up: a server started by this run would only be left behind holding the port.
         console.line(f"[server] no model came up; stopping the server this run started: {server.stop_server(run.state.server)}")
         run.state.server = None
         run.save()
+    started = time.monotonic()
     checks = verify.verify_all(run.client, running)
     run.stage_seconds["verify"] = time.monotonic() - started
     for check in checks:

@@ -284,7 +284,7 @@ class _Run:
         try:
             path = self.resolve_path(candidate)
         except ProvisionError as exc:
-            return None, Failure(FailureKind.DOWNLOAD, Scope.CANDIDATE, _short(exc.message)), None
+            return None, Failure(FailureKind.DOWNLOAD, Scope.CANDIDATE, _short(exc.message), exc.hint), None
         payload = launch_payload(candidate, path)
         self.emit("launching", candidate)
         posted = self.clock()

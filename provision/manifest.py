@@ -8,6 +8,7 @@ the file, the line where known, the field path (`models[1].fallbacks[0].engine`)
 from __future__ import annotations
 
 import difflib
+import ipaddress
 import os
 import re
 from dataclasses import dataclass, field
@@ -95,12 +96,11 @@ class _CandidateFields(_Strict):
         "embedding: sentence_transformers, flag, vllm, llama.cpp; rerank: sentence_transformers, vllm, "
         "llama.cpp. Case-insensitive; 'transformers' on embedding/rerank means sentence_transformers.",
     )
-    gpu_memory_utilization: float | None = Field(
+    gpu_memory_utilization: Annotated[float, Field(gt=0, le=1)] | Literal["auto"] | None = Field(
         None,
-        gt=0,
-        le=1,
-        description="Share of the GPU's total memory vLLM may reserve, in (0, 1]. Always sent for vLLM "
-        "candidates (vLLM's own default, 0.9, fails on a shared card).",
+        description="Share of the GPU's total memory vLLM may reserve, in (0, 1], or 'auto': the largest "
+        "share that fits the GPU's free memory with a safety margin. Always sent for vLLM candidates "
+        "(vLLM's own default, 0.9, fails on a shared card).",
     )
     size_in_billions: float | str | None = Field(
         None, description="Model size in billions of parameters (e.g. 4, 0.5); 0.5 is sent as '0_5'."
@@ -133,6 +133,16 @@ class _CandidateFields(_Strict):
         if value is None or value == "auto" or (isinstance(value, int) and not isinstance(value, bool) and value >= 0):
             return value
         raise ValueError(f"n_gpu must be a number of GPUs (0 or more), 'auto', or null for CPU (got {value!r})")
+
+    @field_validator("gpu_memory_utilization", mode="before")
+    @classmethod
+    def _utilization(cls, value: Any) -> Any:
+        if isinstance(value, str) and value.strip().lower() == "auto":
+            return "auto"
+        number = isinstance(value, (int, float)) and not isinstance(value, bool)
+        if value is None or (number and 0 < value <= 1):
+            return value
+        raise ValueError(f"invalid gpu_memory_utilization {value!r}; allowed: 0 < gpu_memory_utilization <= 1, or auto")
 
     @field_validator("gpu_idx", mode="before")
     @classmethod
@@ -229,6 +239,37 @@ class ServerSpec(_Strict):
     env: dict[str, str] = Field(
         default_factory=dict, description="Extra environment variables for the server process."
     )
+    auth: bool = Field(
+        True,
+        description="Authentication on the server provision starts: first-run setup, an admin with a generated "
+        "password and an API key for RAGFlow, kept in the state folder (0600). false turns it off "
+        "(XINFERENCE_AUTH_ADVANCED=0) and needs allow_open: true with a non-loopback host.",
+    )
+    allow_open: bool = Field(
+        False,
+        description="Accept server.auth: false on a non-loopback server.host: anyone who can reach the port "
+        "can then launch and delete models.",
+    )
+    api_key_env: str | None = Field(
+        None,
+        description="With server.endpoint: NAME of the environment variable holding an API key of that server "
+        "(verify and RAGFlow use it).",
+    )
+    admin_user: str = Field(
+        "admin", description="With server.endpoint: the admin account provision logs in as to launch and terminate models."
+    )
+    admin_password_env: str | None = Field(
+        None,
+        description="With server.endpoint: NAME of the environment variable holding admin_user's password "
+        "(Xinference API keys cannot launch or terminate models).",
+    )
+
+    @field_validator("api_key_env", "admin_password_env")
+    @classmethod
+    def _variable_name(cls, value: str | None) -> str | None:
+        if value is not None and not re.match(r"^[A-Za-z_][A-Za-z0-9_]*$", value):
+            raise ValueError("this is the NAME of an environment variable (such as XINFERENCE_API_KEY), not the secret")
+        return value
 
     @field_validator("endpoint")
     @classmethod
@@ -385,7 +426,7 @@ class Candidate:
     source: str | None
     revision: str | None
     engine: str
-    gpu_memory_utilization: float | None
+    gpu_memory_utilization: float | str | None  # a share in (0, 1], "auto" (plan.launchable resolves it), None
     size_in_billions: int | str | None
     format: str | None
     quantization: str | None
@@ -713,7 +754,40 @@ def check(data: dict, lines: dict | None = None) -> list[Problem]:
                 have = counts[role]
                 add(("models",), f"expected {want} {role} model{'s' if want != 1 else ''}, found {have}",
                     hint=f"add or remove a model with role: {role}, or set roles.{role}: {have}")
+    _check_server_access(data.get("server"), add)
     return problems
+
+
+def is_loopback_host(host: str) -> bool:
+    """localhost, 127.0.0.0/8 or ::1: only this machine can connect."""
+    host = host.strip("[]").lower()
+    if host == "localhost":
+        return True
+    try:
+        return ipaddress.ip_address(host).is_loopback
+    except ValueError:
+        return False
+
+
+def _check_server_access(server: Any, add) -> None:
+    """An open API (auth off) only on loopback unless the user says so; key variables only for an endpoint."""
+    if not isinstance(server, dict):
+        return
+    host = server.get("host", "127.0.0.1")
+    if server.get("auth") is False and isinstance(host, str) and not is_loopback_host(host) \
+            and server.get("allow_open") is not True and not server.get("endpoint"):
+        add(("server", "auth"), f"server.auth: false with server.host {host} opens the API to the network: anyone who "
+            f"can reach the port can launch and delete models",
+            hint="keep server.auth: true (the default), listen on 127.0.0.1, or add allow_open: true to accept it")
+    env = server.get("env")
+    if isinstance(env, dict) and "XINFERENCE_AUTH_ADVANCED" in env:
+        add(("server", "env", "XINFERENCE_AUTH_ADVANCED"), "authentication is set with server.auth, not server.env",
+            hint="provision must know whether the server wants credentials: write server.auth: true or false")
+    if not server.get("endpoint"):
+        for key in ("api_key_env", "admin_password_env"):
+            if server.get(key) is not None:
+                add(("server", key), f"{key} applies only to a server given by server.endpoint",
+                    hint="for a server it starts, provision creates the admin and the API key itself")
 
 
 def json_schema() -> dict:

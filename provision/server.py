@@ -48,7 +48,7 @@ def url_for(host: str, port: int) -> str:
 
 
 def exposure_warning(host: str, port: int) -> str | None:
-    """A warning to show when the server listens beyond this machine (auth is off, see build_env)."""
+    """A warning to show when a server without authentication listens beyond this machine."""
     try:
         if host == "localhost" or ipaddress.ip_address(host).is_loopback:
             return None
@@ -120,7 +120,8 @@ def build_env(spec: ServerSpec, home: Path, hub: str = "modelscope", base: dict[
     env["XINFERENCE_HOME"] = str(home)
     # Per-model virtualenvs re-install packages at every launch (and break sentence_transformers on CPU).
     env["XINFERENCE_ENABLE_VIRTUAL_ENV"] = "1" if spec.virtual_env else "0"
-    env["XINFERENCE_AUTH_ADVANCED"] = "0"  # 4.x turns auth on by default; provision does not handle it yet
+    # 4.x has authentication on unless this says 0; with it on, provision performs the first-run setup (auth.py).
+    env["XINFERENCE_AUTH_ADVANCED"] = "1" if spec.auth else "0"
     env["PYTHONUNBUFFERED"] = "1"  # the log tail we show on failure must hold the last words
     if hub == "modelscope":
         env["XINFERENCE_MODEL_SRC"] = "modelscope"

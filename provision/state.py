@@ -5,7 +5,8 @@ Layout of a state folder (default ./.provision, or --state-dir / PROVISION_STATE
     state.json              ServerRecord + one ModelRecord per model (every attempt of its chain)
     lock                    flock()ed by the command that changes state
     logs/server.log         stdout/stderr of the xinference-local provision started
-    ragflow/provider.json   what RAGFlow needs (see ragflow.py)
+    ragflow/provider.json   what RAGFlow needs (see ragflow.py); 0600, it holds the API key
+    credentials.json        admin login and API key of each server provision set up (auth.py); 0600
 """
 
 from __future__ import annotations
@@ -43,6 +44,11 @@ class ServerRecord:
     log: str | None = None
     home: str | None = None
     started_at: float | None = None
+    # Where the server's secrets come from; never the secrets themselves (see auth.py).
+    auth: bool = False  # managed: provision set up its authentication; the key is in credentials.json
+    api_key_env: str | None = None  # external: the variable holding an API key (server.api_key_env)
+    admin_user: str | None = None  # external: the admin provision logs in as (server.admin_user)
+    admin_password_env: str | None = None  # external: the variable holding that admin's password
 
 
 @dataclass

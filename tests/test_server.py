@@ -277,8 +277,9 @@ def test_build_env(tmp_path: Path):
     assert env["XINFERENCE_MODEL_SRC"] == "modelscope"
     assert env["XINFERENCE_MAX_CONCURRENT_LAUNCHES"] == "2" and env["PATH"] == "/bin"
     assert env["XINFERENCE_AUTH_ADVANCED"] == "1"  # the manifest's server.env has the last word
-    env = build_env(ServerSpec(virtual_env=True), tmp_path, "huggingface", base={})
+    env = build_env(ServerSpec(virtual_env=True, auth=False), tmp_path, "huggingface", base={"XINFERENCE_AUTH_ADVANCED": "1"})
     assert env["XINFERENCE_ENABLE_VIRTUAL_ENV"] == "1" and env["XINFERENCE_AUTH_ADVANCED"] == "0"
+    assert build_env(ServerSpec(), tmp_path, base={"XINFERENCE_AUTH_ADVANCED": "0"})["XINFERENCE_AUTH_ADVANCED"] == "1"
     assert "XINFERENCE_MODEL_SRC" not in env
 
 
