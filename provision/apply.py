@@ -10,16 +10,20 @@ step that changes the world, so an interrupted `up` never loses track of a proce
 from __future__ import annotations
 
 import os
+import shutil
 import threading
 import time
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from . import download, launch, ragflow, server, verify
-from .errors import EXIT_FAILED, EXIT_OK, EXIT_PARTIAL, ProvisionError, ServerError
+import requests
+
+from . import auth, download, hub, launch, ragflow, server, verify
+from .errors import EXIT_FAILED, EXIT_OK, EXIT_PARTIAL, AuthError, ProvisionError, ServerError, XinferenceError
+from .gpu import ClusterInfoSource, NvmlSource
 from .manifest import Candidate, Manifest, load
-from .plan import KEEP, RELAUNCH, TERMINATE, Observed, Plan, make_plan, server_url
+from .plan import KEEP, RELAUNCH, TERMINATE, Observed, Plan, launchable, make_plan, server_url
 from .report import Console, human_bytes, seconds
 from .state import ModelRecord, ServerRecord, State, StateDir
 from .xinference import XinferenceClient
@@ -42,32 +46,113 @@ class UpResult:
     terminated: list[str] = field(default_factory=list)
 
 
-def observe(manifest: Manifest, previous: State | None) -> Observed:
-    """Gather the facts the plan needs: is our old server alive, what does it run, what is on disk."""
+def observe(manifest: Manifest, previous: State | None, state_dir: StateDir | None = None, *,
+            hub_listing: bool = False) -> Observed:
+    """Gather the facts the plan needs: is our old server alive, what does it run and which engines can
+    it use, the GPUs, what is on disk and the free space there; with hub_listing (`provision plan`), the
+    hub's file listing of every downloadable candidate (one request each). Failures leave a fact unknown."""
     observed = Observed(previous=previous)
     record = previous.server if previous else None
     if manifest.server.endpoint:
-        record = ServerRecord(url=manifest.server.endpoint, managed=False)
+        record = ServerRecord(url=manifest.server.endpoint, managed=False, **auth.server_record_fields(manifest))
     if record is not None:
         alive = server.server_alive(record) if record.managed else XinferenceClient(record.url).answers() is not None
-        if alive and record.url != server_url(manifest):
+        # A server started with the other server.auth setting is restarted like one that moved.
+        if alive and (record.url != server_url(manifest) or (record.managed and record.auth != manifest.server.auth)):
             observed.server_moved = record.managed
+            observed.server_move_reason = (
+                "server.host/port changed" if record.url != server_url(manifest) else "server.auth changed"
+            )
         elif alive:
             observed.server_reusable = True
             try:
-                observed.running_uids = {m.get("id") for m in XinferenceClient(record.url).list_models()}
+                client = auth.key_client(state_dir, record) if state_dir else XinferenceClient(record.url)
+                observed.running_uids = {m.get("id") for m in client.list_models()}
+                _observe_server(manifest, observed, client, _admin_or_none(state_dir, record))
             except ProvisionError:
                 observed.running_uids = set()
     for index in range(len(manifest.models)):
         for candidate in manifest.candidates(index):
             if candidate.folder is not None and download.model_folder_problem(candidate.folder) is None:
                 observed.folders_with_model.add(candidate.folder)
+    _observe_local(manifest, observed, hub_listing)
     return observed
+
+
+def _admin_or_none(state_dir: StateDir | None, record: ServerRecord) -> XinferenceClient | None:
+    """The admin client where provision has an admin login (cluster info needs the admin scope)."""
+    if state_dir is None:
+        return None
+    try:
+        return auth.admin_client(state_dir, record)
+    except ProvisionError:
+        return None
+
+
+def _observe_server(manifest: Manifest, observed: Observed, client: XinferenceClient,
+                    admin: XinferenceClient | None = None) -> None:
+    """From a server that answers: which engines it can use per model, and for server.endpoint its GPUs."""
+    names = {(c.model_type, c.name) for i in range(len(manifest.models)) for c in manifest.candidates(i)}
+    for key in sorted(names):
+        try:
+            observed.engines[key] = client.engines(*key)
+        except XinferenceError as exc:
+            if isinstance(exc, AuthError) or exc.status is None:  # the rest would fail alike: `up` asks again
+                observed.engines_pending = f"GET /v1/engines failed: {exc.message}"
+                break
+            observed.engines[key] = None  # no such model, or no such endpoint: the launch decides
+    if manifest.server.endpoint:
+        try:
+            observed.gpus = ClusterInfoSource(admin or client).gpus()
+            observed.gpu_source = f"/v1/cluster/info of {client.base_url}"
+        except (ProvisionError, ValueError) as exc:  # ValueError: an answer that is not JSON
+            observed.gpu_source = f"GET /v1/cluster/info failed: {getattr(exc, 'message', exc)}"
+
+
+def _observe_local(manifest: Manifest, observed: Observed, hub_listing: bool) -> None:
+    """This machine's GPUs (NVML) for a server provision starts; local weight files, free disk, hub listings."""
+    if not manifest.server.endpoint:
+        visible = manifest.server.env.get("CUDA_VISIBLE_DEVICES", os.environ.get("CUDA_VISIBLE_DEVICES"))
+        observed.gpus = NvmlSource(visible).gpus()
+        observed.gpu_source = "NVML" + (f", CUDA_VISIBLE_DEVICES={visible}" if visible is not None else "")
+    elif not observed.gpu_source:
+        observed.gpu_source = f"the server at {manifest.server.endpoint} does not answer"
+    candidates = [c for i in range(len(manifest.models)) for c in manifest.candidates(i)]
+    for c in candidates:
+        if c.folder is not None and c.folder not in observed.local_files and c.folder.is_dir():
+            observed.local_files[c.folder] = {p: st.st_size for p, st in download._local_files(c.folder).items()}
+    models_dir = manifest.models_dir
+    try:
+        existing = next(p for p in (models_dir, *models_dir.parents) if p.exists())
+        observed.disk_free = shutil.disk_usage(existing).free
+    except (OSError, StopIteration):
+        observed.disk_free = None
+    keys = list(dict.fromkeys((c.source, c.revision) for c in candidates if c.downloadable))
+    if not hub_listing or not keys:
+        return
+    if manifest.download.hub != "modelscope":
+        observed.listings.update({key: f"only ModelScope listings are read, not {manifest.download.hub}" for key in keys})
+        return
+    endpoint = hub.resolve_endpoint(manifest.download.endpoint, os.environ)
+    token = os.environ.get(manifest.download.token_env) or None
+    with ThreadPoolExecutor(max_workers=min(8, len(keys)), thread_name_prefix="listing") as pool:
+        futures = {key: pool.submit(hub.list_model_files, key[0], key[1], endpoint=endpoint, token=token) for key in keys}
+    for key, future in futures.items():
+        try:
+            observed.listings[key] = future.result() or "the hub lists no files"
+        except requests.HTTPError as exc:
+            observed.listings[key] = f"HTTP {exc.response.status_code if exc.response is not None else '?'}"
+        except (requests.ConnectionError, requests.Timeout):
+            observed.listings[key] = f"cannot reach {endpoint or hub.DEFAULT_ENDPOINT}"
+        except (requests.RequestException, ValueError) as exc:
+            observed.listings[key] = f"{type(exc).__name__}: {str(exc)[:120]}"
 
 
 def plan_only(manifest_path: str, state_dir: StateDir) -> Plan:
     manifest = load(manifest_path)
-    return make_plan(manifest, observe(manifest, state_dir.read()))
+    plan = make_plan(manifest, observe(manifest, state_dir.read(), state_dir, hub_listing=True))
+    plan.warnings += auth.security_warnings(manifest, state_dir, exposure=False)  # plan.py warns on exposure
+    return plan
 
 
 class _Run:
@@ -81,7 +166,9 @@ class _Run:
         self.lock = threading.Lock()
         self.server_ready = threading.Event()
         self.server_error: ProvisionError | None = None
-        self.client: XinferenceClient | None = None
+        self.client: XinferenceClient | None = None  # manages models: the admin's login where auth is on
+        self.key_client: XinferenceClient | None = None  # calls models as RAGFlow does: the API key
+        self.api_key: str | None = None  # for provider.json; never printed
         self.previous_server: ServerRecord | None = None
         self.started = time.monotonic()
         self.first_ready: float | None = None
@@ -113,7 +200,8 @@ def up(manifest_path: str, state_dir: StateDir, console: Console | None = None) 
     manifest = load(manifest_path)
     with state_dir.lock("up"):
         previous = state_dir.read()
-        plan = make_plan(manifest, observe(manifest, previous))
+        plan = make_plan(manifest, observe(manifest, previous, state_dir))
+        plan.warnings += auth.security_warnings(manifest, state_dir, exposure=False)  # plan.py warns on exposure
         for warning in plan.warnings:
             console.warn(warning)
         from .render import plan_lines
@@ -170,15 +258,16 @@ def _apply(run: _Run, plan: Plan) -> UpResult:
         run.state.server = None
         run.save()
     started = time.monotonic()
-    checks = verify.verify_all(run.client, running)
+    checks = verify.verify_all(run.key_client, running)
     run.stage_seconds["verify"] = time.monotonic() - started
     for check in checks:
         console.line(f"[verify] {check.role} {check.uid}: ok ({check.detail})" if check.ok else f"[verify] FAILED {check.message}")
 
     provider, files, paste = None, {}, ""
     if running:
-        provider = ragflow.build_provider(run.state)
-        files = {name: str(path) for name, path in ragflow.write_config(run.state_dir, run.state).items()}
+        # provider.json (0600) holds the key, as RAGFlow needs it; what is shown and --json hide it.
+        provider = ragflow.redacted(ragflow.build_provider(run.state, run.api_key))
+        files = {name: str(path) for name, path in ragflow.write_config(run.state_dir, run.state, run.api_key).items()}
         paste = ragflow.paste_block(provider, docker=manifest.ragflow.docker)
     run.save()
 
@@ -211,19 +300,28 @@ def _serve(run: _Run, plan: Plan) -> None:
                 on_started=lambda rec: _record_server(run, rec),
                 on_progress=lambda waited: console.progress("server", f"[server] waiting for the API ({waited:.0f}s)"),
             )
+            record.auth = manifest.server.auth
             _record_server(run, record)
             console.line(f"[server] ready at {record.url} in {seconds(time.monotonic() - started)} (pid {record.pid})")
         elif plan.server == "reuse":
             console.line(f"[server] reusing {run.state.server.url} (pid {run.state.server.pid})")
         else:
-            _record_server(run, ServerRecord(url=plan.base_url, managed=False))
+            _record_server(run, ServerRecord(url=plan.base_url, managed=False, **auth.server_record_fields(manifest)))
             if XinferenceClient(plan.base_url).answers() is None:
                 raise ServerError(
                     f"the server at {plan.base_url} (server.endpoint) does not answer",
                     hint="check the address and that the server is running",
                 )
             console.line(f"[server] using the existing server at {plan.base_url}")
-        run.client = XinferenceClient(run.state.server.url)
+        record = run.state.server
+        if record.managed and record.auth:
+            auth.ensure_credentials(record.url, record.home or manifest.server_home, record.log, run.state_dir,
+                                    on_event=lambda text: console.line(f"[server] {text}"))
+        run.api_key = auth.api_key_for(run.state_dir, record)
+        run.key_client = auth.key_client(run.state_dir, record)
+        run.client = auth.admin_client(run.state_dir, record)
+        if not record.managed:
+            run.key_client.list_models()  # a refused key ends `up` here, naming the variable to set
     except ProvisionError as exc:
         run.server_error = exc
     finally:
@@ -241,7 +339,20 @@ def _bring_up(run: _Run, plan: Plan, index: int, launch_slots: threading.Semapho
     """One model: fetch the primary's weights, wait for the server, walk the fallback chain."""
     manifest, console = run.manifest, run.console
     step = plan.steps[index]
-    candidates = manifest.candidates(index)
+    every_candidate = manifest.candidates(index)
+    # The plan already ruled some candidates out (no GPU, does not fit, engine not usable): they are
+    # recorded as skipped attempts, with the plan's numbers, and never fetched or launched.
+    chosen = launchable(step, every_candidate)
+    for skipped in chosen.skipped:
+        console.line(f"[launch] {step.role} {step.uid}: {skipped.candidate} {skipped.name} on {skipped.engine}: skipped: {skipped.reason}")
+    if not chosen.candidates:
+        run.put_model(ModelRecord(
+            role=step.role, uid=step.uid, model_type=every_candidate[0].model_type, status="failed",
+            chain_key=step.chain_key, attempts=chosen.skipped,
+            error=launch.summarize_failure(step.uid, chosen.skipped, len(every_candidate)),
+        ))
+        return
+    candidates = chosen.candidates
     folders: dict[tuple, Path | ProvisionError] = {}
 
     def resolve(candidate: Candidate) -> Path | None:
@@ -280,10 +391,11 @@ def _bring_up(run: _Run, plan: Plan, index: int, launch_slots: threading.Semapho
         )
         run.add_span("launch", started)
     winner = result.winner
+    attempts = chosen.attempts(result.attempts)
     record = ModelRecord(
         role=step.role,
         uid=step.uid,
-        model_type=candidates[0].model_type,
+        model_type=every_candidate[0].model_type,
         status="running" if winner else "failed",
         candidate=winner.label if winner else None,
         name=winner.name if winner else None,
@@ -291,8 +403,8 @@ def _bring_up(run: _Run, plan: Plan, index: int, launch_slots: threading.Semapho
         spec=result.payload or {},
         chain_key=step.chain_key,
         folder=str(winner.folder) if winner and winner.folder else None,
-        attempts=result.attempts,
-        error=result.failure,
+        attempts=attempts,
+        error=None if winner else launch.summarize_failure(step.uid, attempts, len(every_candidate)),
         launched_at=time.time(),
         ready_seconds=result.ready_seconds,
     )

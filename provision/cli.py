@@ -111,6 +111,7 @@ def validate(ctx: click.Context, manifests: tuple[str, ...], as_json: bool) -> N
       provision validate manifests/*.yml
     """
     _start(ctx, "validate", as_json)
+    from .auth import security_warnings
     from .errors import ManifestError
     from .manifest import load
     from .report import envelope, print_json
@@ -130,9 +131,13 @@ def validate(ctx: click.Context, manifests: tuple[str, ...], as_json: bool) -> N
                 click.echo(f"error: {exc.render()}", err=True)
             continue
         chains = [len(manifest.candidates(i)) for i in range(len(manifest.models))]
-        results.append({"file": path, "valid": True, "name": manifest.name, "models": len(manifest.models)})
+        warnings = security_warnings(manifest, _state_dir(ctx))
+        results.append({"file": path, "valid": True, "name": manifest.name, "models": len(manifest.models),
+                        "warnings": warnings})
         if not as_json:
             click.echo(f"{path}: ok ({manifest.name}: {len(manifest.models)} models, {sum(chains)} candidates)")
+            for warning in warnings:
+                click.echo(f"warning: {warning}", err=True)
     code = EXIT_USAGE if errors else EXIT_OK
     if as_json:
         print_json(envelope("validate", code, {"manifests": results}, [e.to_json() for e in errors]))
@@ -256,18 +261,20 @@ def down(ctx: click.Context, as_json: bool) -> None:
 @cli.command()
 @_json_option
 @click.option("--docker/--no-docker", default=None, help="Show the Base URL for RAGFlow in Docker (default: the manifest's ragflow.docker).")
+@click.option("--show-key", is_flag=True, help="Print the API key too (hidden by default; provider.json holds it).")
 @click.pass_context
-def ragflow(ctx: click.Context, as_json: bool, docker: bool | None) -> None:
-    """Print the RAGFlow settings of what is up: Base URL and the model UIDs to enter.
+def ragflow(ctx: click.Context, as_json: bool, docker: bool | None, show_key: bool) -> None:
+    """Print the RAGFlow settings of what is up: Base URL, API key (hidden) and the model UIDs to enter.
 
     \b
     Example:
       provision ragflow --docker
+      provision ragflow --show-key
     """
     _start(ctx, "ragflow", as_json)
     from . import operations, render
 
-    result = operations.ragflow(_state_dir(ctx), docker=docker)
+    result = operations.ragflow(_state_dir(ctx), docker=docker, show_key=show_key)
     render.emit(render.ragflow(result), as_json, "ragflow", EXIT_OK)
 
 

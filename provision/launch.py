@@ -40,6 +40,8 @@ REASON_CHARS = 240  # a Failure's reason; summary lines cut to 160
 
 def gpu_memory_utilization(candidate: Candidate) -> tuple[float, bool]:
     """(value sent to vLLM, True when it is provision's default rather than the manifest's)."""
+    if candidate.gpu_memory_utilization == "auto":  # the plan resolves auto; never send the word to vLLM
+        return DEFAULT_GPU_MEMORY_UTILIZATION.get(candidate.model_type, 0.75), True
     if candidate.gpu_memory_utilization is not None:
         return candidate.gpu_memory_utilization, False
     return DEFAULT_GPU_MEMORY_UTILIZATION.get(candidate.model_type, 0.75), True

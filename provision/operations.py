@@ -5,7 +5,7 @@ from __future__ import annotations
 import time
 from dataclasses import dataclass, field
 
-from . import ragflow as ragflow_config
+from . import auth, ragflow as ragflow_config
 from . import server, verify as checks
 from .errors import EXIT_FAILED, EXIT_OK, ProvisionError
 from .report import Console
@@ -58,8 +58,17 @@ class RagflowResult:
     files: dict[str, str]
 
 
-def _client(state: State) -> XinferenceClient:
-    return XinferenceClient(state.server.url)
+def _client(state_dir: StateDir, state: State) -> XinferenceClient:
+    """Reads and checks models the way RAGFlow does: with the API key (see auth.py)."""
+    return auth.key_client(state_dir, state.server)
+
+
+def _admin_client(state_dir: StateDir, state: State) -> tuple[XinferenceClient | None, ProvisionError | None]:
+    """Terminates models: the admin's login where auth is on; (None, why) when it cannot be had."""
+    try:
+        return auth.admin_client(state_dir, state.server), None
+    except ProvisionError as exc:
+        return None, exc
 
 
 def verify(state_dir: StateDir) -> VerifyResult:
@@ -68,7 +77,7 @@ def verify(state_dir: StateDir) -> VerifyResult:
     if state.server is None or not running:
         results = [checks.not_checked(m, "not running: " + (m.error or m.status)) for m in state.models]
         return VerifyResult(state, results, EXIT_FAILED)
-    results = checks.verify_all(_client(state), running)
+    results = checks.verify_all(_client(state_dir, state), running)
     results += [checks.not_checked(m, "did not come up: " + (m.error or m.status)) for m in state.models if m.status != "running"]
     return VerifyResult(state, results, EXIT_OK if results and all(r.ok for r in results) else EXIT_FAILED)
 
@@ -81,15 +90,19 @@ def status(state_dir: StateDir) -> StatusResult:
         if record.managed and not server.is_same_process(record):
             detail = f"stopped (pid {record.pid} is gone)"
         else:
-            code = _client(state).answers()
+            try:
+                client, key_problem = _client(state_dir, state), ""
+            except ProvisionError as exc:
+                client, key_problem = XinferenceClient(record.url), f" (no API key: {exc.message})"
+            code = client.answers()
             alive = code is not None
             detail = (
                 f"{'started by provision, pid ' + str(record.pid) if record.managed else 'external'}, "
-                + ("answering" if alive else "not answering")
+                + ("answering" if alive else "not answering") + key_problem
             )
         if alive:
             try:
-                live_uids = {m.get("id") for m in _client(state).list_models()}
+                live_uids = {m.get("id") for m in client.list_models()}
             except ProvisionError as exc:
                 detail += f" (cannot list models: {exc.message})"
     models = []
@@ -111,11 +124,13 @@ def down(state_dir: StateDir, console: Console | None = None) -> DownResult:
         record = state.server
         reachable = record is not None and (not record.managed or server.is_same_process(record))
         if reachable:
-            client = _client(state)
+            client, why = _admin_client(state_dir, state)
             for model in state.models:
                 if model.status != "running":
                     continue
                 try:
+                    if client is None:
+                        raise why
                     gone = not client.terminate(model.uid)
                 except ProvisionError as exc:
                     if record.managed:  # the server is stopped next, which ends the model too
@@ -144,10 +159,14 @@ def down(state_dir: StateDir, console: Console | None = None) -> DownResult:
     return result
 
 
-def ragflow(state_dir: StateDir, docker: bool | None = None) -> RagflowResult:
+def ragflow(state_dir: StateDir, docker: bool | None = None, show_key: bool = False) -> RagflowResult:
     state = state_dir.require()
     use_docker = state.ragflow_docker if docker is None else docker
-    provider = ragflow_config.build_provider(state)
+    if show_key and state.server is not None:
+        key = auth.api_key_for(state_dir, state.server)
+    else:
+        key = ragflow_config.HIDDEN_KEY if auth.has_key(state.server) else None
+    provider = ragflow_config.build_provider(state, key)
     files = {
         name: str(path)
         for name, path in ragflow_config.config_paths(state_dir).items()

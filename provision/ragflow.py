@@ -32,6 +32,7 @@ DEFAULT_DOCKER_HOST = "host.docker.internal"  # RAGFlow's docker-compose maps it
 RAGFLOW_MODEL_TYPE = {"chat": "chat", "embedding": "embedding", "rerank": "rerank"}  # role -> RAGFlow form
 DEFAULT_MAX_TOKENS = {"chat": 8192, "embedding": 512, "rerank": 512}
 NO_KEY = "x"  # RAGFlow's own "no key" placeholder: its rerank client then sends no Authorization header
+HIDDEN_KEY = "(hidden; --show-key to print)"  # what is shown instead of a key: only provider.json holds it
 
 _WILDCARDS = {"", "0.0.0.0", "::", "[::]"}
 
@@ -122,6 +123,11 @@ def build_provider(state: State, api_key: str | None = None) -> dict:
     }
 
 
+def redacted(provider: dict) -> dict:
+    """The provider as it may be shown or printed as JSON: the API key replaced by HIDDEN_KEY."""
+    return {**provider, "api_key": HIDDEN_KEY} if provider.get("api_key") else dict(provider)
+
+
 def _model_entry(record: ModelRecord) -> dict:
     # For chat, context_length is what Xinference reported; for embedding, the launcher stores the
     # model's max_tokens there. RAGFlow requires a number in the form, so fall back to a sane default.
@@ -162,7 +168,7 @@ _SERVICE_CONF_LIMITS = """\
 def service_conf_block(provider: dict, docker: bool) -> str:
     """The `user_default_llm:` YAML block, preceded by a comment stating its limits."""
     url = _url_for(provider, docker)
-    key = provider.get("api_key") or NO_KEY
+    key = provider.get("api_key") or NO_KEY  # written to a 0600 file only; never printed
     defaults = {}
     for role in RAGFLOW_MODEL_TYPE:
         model = next((m for m in provider["models"] if m["role"] == role), None)

@@ -25,18 +25,26 @@ def emit(rendered: Rendered, as_json: bool, command: str, exit_code: int) -> Non
 
 def plan_lines(plan) -> list[str]:
     lines = [f"Plan for {plan.name} ({plan.manifest})", f"  server: {plan.server} - {plan.server_reason}"]
+    lines += [f"  GPUs: {plan.gpus}"] if plan.gpus else []
+    lines += [f"  disk: {plan.disk}"] if plan.disk else []
     for step in plan.steps:
         lines.append(f"  {step.role} {step.uid}: {step.action} - {step.reason}")
         if step.action in ("keep", "terminate"):
             continue
         for c in step.candidates:
+            head = f"      {'skip' if c.skip_reason else 'first' if c.first else 'then':<6}{c.label:<11} {c.name} on {c.engine}"
+            if c.skip_reason:
+                lines.append(f"{head}: {c.skip_reason}")
+                continue
             notes = f" [{', '.join(c.notes)}]" if c.notes else ""
-            lines.append(f"      {c.label:<11} {c.name} on {c.engine}: weights {c.weights}{notes}")
+            lines.append(f"{head}: weights {c.weights}{notes}")
+            lines.append(f"{'':<23}engine {c.engine_check or '-'}; memory {c.memory or '-'}")
     return lines
 
 
 def plan(result) -> Rendered:
-    return "\n".join(plan_lines(result)), {"plan": asdict(result), "_errors": []}
+    lines = plan_lines(result) + [f"warning: {w}" for w in result.warnings]
+    return "\n".join(lines), {"plan": asdict(result), "_errors": []}
 
 
 REASON_WIDTH = 100  # the table stays readable; --json and the failure summary carry the whole text

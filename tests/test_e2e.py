@@ -99,7 +99,8 @@ models:
     uid: e2e-rerank
     name: bge-reranker-base
     source: tiny/rerank-bert
-    engine: vllm                # not installed here: must fail and fall back
+    engine: vllm                # asked on the CPU: the server's engine check says vLLM is not installed
+    n_gpu: null
     gpu_memory_utilization: 0.2
     fallbacks:
       - engine: transformers    # = sentence_transformers for rerank
@@ -107,7 +108,7 @@ models:
     uid: e2e-chat
     name: qwen2.5-instruct
     source: tiny/qwen2-chat
-    engine: vLLM
+    engine: vLLM                # n_gpu auto on a machine without a GPU: the plan skips it
     size_in_billions: 0.5
     format: pytorch
     quantization: none
@@ -140,6 +141,17 @@ class Stack:
 
     def state_json(self) -> dict:
         return json.loads((self.state / "state.json").read_text())
+
+    def credentials(self) -> dict:
+        """What `up` stored for the server (server.auth is on by default): admin login and API key."""
+        return next(iter(json.loads((self.state / "credentials.json").read_text())["servers"].values()))
+
+    def admin_headers(self) -> dict:
+        """An API key may only list and call models; deleting one takes the admin's login."""
+        login = self.credentials()
+        token = requests.post(f"{self.base}/token", json={"username": login["username"], "password": login["password"]},
+                              timeout=30).json()["access_token"]
+        return {"Authorization": f"Bearer {token}"}
 
 
 @pytest.fixture(scope="module")
@@ -216,9 +228,11 @@ def test_up_brings_the_stack_up_through_fallbacks(stack: Stack):
 
     rerank = [(a["candidate"], a["engine"], a["outcome"]) for a in models["e2e-rerank"]["attempts"]]
     assert rerank == [("primary", "vllm", "failed"), ("fallback 1", "sentence_transformers", "ready")]
-    assert "vllm" in models["e2e-rerank"]["attempts"][0]["reason"].lower()
+    first = models["e2e-rerank"]["attempts"][0]
+    assert first["kind"] == "engine_missing" and "No module named 'vllm'" in first["reason"]
     chat = [(a["candidate"], a["engine"], a["outcome"]) for a in models["e2e-chat"]["attempts"]]
-    assert chat == [("primary", "vLLM", "failed"), ("fallback 1", "Transformers", "ready")]
+    assert chat == [("primary", "vLLM", "skipped"), ("fallback 1", "Transformers", "ready")]
+    assert models["e2e-chat"]["attempts"][0]["kind"] == "no_gpu"
     assert [a["outcome"] for a in models["e2e-embed"]["attempts"]] == ["ready"]
     assert models["e2e-rerank"]["candidate"] == "fallback 1"
 
@@ -235,7 +249,7 @@ def test_ragflow_config_is_written(stack: Stack):
     provider = json.loads((stack.state / "ragflow" / "provider.json").read_text())
     assert provider["base_url"] == f"http://127.0.0.1:{stack.port}/v1"
     assert provider["docker_base_url"] == f"http://host.docker.internal:{stack.port}/v1"
-    assert provider["api_key"] is None
+    assert provider["api_key"] == stack.credentials()["api_key"] and provider["api_key"].startswith("xf-")
     by_role = {m["role"]: m for m in provider["models"]}
     assert {r: m["uid"] for r, m in by_role.items()} == {"embedding": "e2e-embed", "rerank": "e2e-rerank", "chat": "e2e-chat"}
     assert {r: m["model_type"] for r, m in by_role.items()} == {"embedding": "embedding", "rerank": "rerank", "chat": "chat"}
@@ -253,7 +267,7 @@ def test_openai_client_works_against_base_url(stack: Stack):
     from openai import OpenAI
 
     provider = json.loads((stack.state / "ragflow" / "provider.json").read_text())
-    client = OpenAI(base_url=provider["base_url"], api_key="not-used")
+    client = OpenAI(base_url=provider["base_url"], api_key=provider["api_key"])
     assert {"e2e-embed", "e2e-rerank", "e2e-chat"} <= {m.id for m in client.models.list()}
     vectors = client.embeddings.create(model="e2e-embed", input=["a panda eats bamboo", "stock markets fell"]).data
     assert len(vectors) == 2 and len(vectors[0].embedding) == 384 and vectors[0].embedding != vectors[1].embedding
@@ -264,6 +278,7 @@ def test_openai_client_works_against_base_url(stack: Stack):
         provider["base_url"].rsplit("/v1", 1)[0] + "/v1/rerank",
         json={"model": "e2e-rerank", "query": "panda", "return_documents": "true", "return_len": "true",
               "documents": ["pandas eat bamboo", "the stock market", "a bear in china"]},
+        headers={"Authorization": f"Bearer {provider['api_key']}"},  # as RAGFlow sends a non-empty key
         timeout=60,
     ).json()
     assert sorted(r["index"] for r in body["results"]) == [0, 1, 2]
@@ -291,7 +306,7 @@ def test_second_up_is_a_no_op(stack: Stack):
 
 
 def test_verify_catches_a_model_terminated_behind_our_back(stack: Stack):
-    assert requests.delete(f"{stack.base}/v1/models/e2e-rerank", timeout=60).status_code == 200
+    assert requests.delete(f"{stack.base}/v1/models/e2e-rerank", headers=stack.admin_headers(), timeout=60).status_code == 200
     code, doc, _ = stack.run("verify", "--json")
     assert code == 1
     failed = {c["uid"]: c["message"] for c in doc["checks"] if not c["ok"]}
