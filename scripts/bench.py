@@ -1,11 +1,14 @@
 """Benchmarks of `provision` against doing the same by hand, measured in one run on the same models.
 
-    .venv/bin/python scripts/bench.py [--rate-mib 40] [--scale-mib 120] [--runs 15]
+    .venv/bin/python scripts/bench.py [--rate-mib 10] [--scale-mib 240] [--runs 15]
 
 P1  `provision up` time-to-ready  vs  the runbook done by hand in order (download every model, start the
     server, launch one model after another, then check), the mirror throttled to --rate-mib MiB/s and
     the model folders padded to the relative sizes of the real models (bge-m3 2.2 GB, bge-reranker-v2-m3
     2.2 GB, Qwen3-4B 8 GB), scaled so the biggest is --scale-mib MiB.        target <= 0.75
+    The mirror throttles each connection, as public hubs do. With the defaults, downloading by hand
+    takes about 1.5x the server's start-up here; for the real models (12.4 GB at a typical 30-50 MB/s)
+    it is 5-10x, so the defaults understate what overlapping the downloads with the start-up saves.
 P2  a no-op `up` (nothing changed)  vs  the fresh `up` of P1.                  target <= 0.05
 P3  `provision --help` start-up  vs  `python -c pass` (medians).              target <= 3
 P4  downloading through provision  vs  raw `snapshot_download` on the same repos (no throttle).
@@ -49,7 +52,7 @@ LAUNCH = {
 MANIFEST = """\
 version: 1
 name: bench
-server: {{host: 127.0.0.1, port: {port}, home: {home}}}
+server: {{host: 127.0.0.1, port: {port}, home: {home}, auth: false}}  # as the runbook: auth off
 download: {{hub: modelscope, endpoint: "{mirror}", models_dir: {models}}}
 models:
   - {{role: embedding, uid: b-embed, name: bge-small-en-v1.5, source: tiny/minilm-embed, engine: sentence_transformers}}
@@ -176,8 +179,8 @@ def startup_ratio(runs: int) -> tuple[float, float]:
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--rate-mib", type=float, default=40.0, help="mirror throttle for P1, MiB/s")
-    parser.add_argument("--scale-mib", type=int, default=120, help="padded size of the biggest model, MiB")
+    parser.add_argument("--rate-mib", type=float, default=10.0, help="per-connection mirror throttle for P1, MiB/s")
+    parser.add_argument("--scale-mib", type=int, default=240, help="padded size of the biggest model, MiB")
     parser.add_argument("--runs", type=int, default=15, help="runs per median for P3")
     args = parser.parse_args()
 
@@ -209,18 +212,21 @@ def main() -> None:
 
         with MirrorServer(root) as mirror:
             mirror.warm()
-            raw = raw_download(mirror.url, work / "raw-models", env)
-            manifest = work / "p4.yml"
-            manifest.write_text(MANIFEST.format(port=free_port(), home=work / "home", mirror=mirror.url,
-                                                models=work / "p4-models"))
             code = (
                 "import sys\nfrom provision import download\nfrom provision.manifest import load\n"
                 "m = load(sys.argv[1])\n"
                 "download.download_all([m.candidates(i)[0] for i in range(len(m.models))], m.download)\n"
             )
-            began = time.perf_counter()
-            subprocess.run([sys.executable, "-c", code, str(manifest)], env=env, check=True, capture_output=True)
-            ours = time.perf_counter() - began
+            raws, ours = [], []
+            for run in range(3):  # alternate, into fresh folders each time; medians
+                raws.append(raw_download(mirror.url, work / f"raw-models-{run}", env))
+                manifest = work / f"p4-{run}.yml"
+                manifest.write_text(MANIFEST.format(port=free_port(), home=work / "home", mirror=mirror.url,
+                                                    models=work / f"p4-models-{run}"))
+                began = time.perf_counter()
+                subprocess.run([sys.executable, "-c", code, str(manifest)], env=env, check=True, capture_output=True)
+                ours.append(time.perf_counter() - began)
+            raw, ours = statistics.median(raws), statistics.median(ours)
         results["P4"] = {"provision_download_s": ours, "raw_snapshot_download_s": raw, "ratio": ours / raw, "target": 1.05}
 
         helped, baseline = startup_ratio(args.runs)
