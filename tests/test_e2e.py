@@ -305,6 +305,24 @@ def test_second_up_is_a_no_op(stack: Stack):
     assert all(c["ok"] for c in doc["checks"])
 
 
+def test_a_manifest_edit_relaunches_exactly_that_model(stack: Stack):
+    before = {m["uid"]: m for m in stack.state_json()["models"]}
+    edited = stack.manifest.read_text().replace("name: bge-small-en-v1.5", "name: text2vec-base-multilingual")
+    assert edited != stack.manifest.read_text()
+    stack.manifest.write_text(edited)
+    code, doc, stderr = stack.run("up", str(stack.manifest), "--json")
+    assert code == 0, stderr
+    assert {s["uid"]: s["action"] for s in doc["plan"]["steps"]} == {
+        "e2e-embed": "relaunch", "e2e-rerank": "keep", "e2e-chat": "keep"}
+    after = {m["uid"]: m for m in doc["models"]}
+    assert after["e2e-embed"]["name"] == "text2vec-base-multilingual"
+    assert after["e2e-embed"]["launched_at"] > before["e2e-embed"]["launched_at"]
+    for uid in ("e2e-rerank", "e2e-chat"):
+        assert after[uid]["launched_at"] == before[uid]["launched_at"]
+    assert doc["server"]["pid"] == stack.state_json()["server"]["pid"]
+    assert all(c["ok"] for c in doc["checks"])
+
+
 def test_verify_catches_a_model_terminated_behind_our_back(stack: Stack):
     assert requests.delete(f"{stack.base}/v1/models/e2e-rerank", headers=stack.admin_headers(), timeout=60).status_code == 200
     code, doc, _ = stack.run("verify", "--json")
