@@ -45,23 +45,9 @@ TOKEN_ENV = "TEST_HUB_TOKEN"
 
 
 @pytest.fixture(autouse=True)
-def quiet_fast_client(tmp_path, monkeypatch):
-    """Keep the client's writes in tmp, silence it, and make every retry instant."""
-    from modelscope_hub import _download, _legacy_api, config
-
-    monkeypatch.setenv("MODELSCOPE_CACHE", str(tmp_path / "ms-cache"))
-    monkeypatch.setenv("MODELSCOPE_HOME", str(tmp_path / "ms-home"))
-    monkeypatch.setenv("TQDM_DISABLE", "1")
-    monkeypatch.setenv("MODELSCOPE_DOWNLOAD_INTRA_CLOUD", "false")
-    monkeypatch.delenv("MODELSCOPE_API_TOKEN", raising=False)
-    monkeypatch.delenv("MODELSCOPE_ENDPOINT", raising=False)
-    monkeypatch.setattr(_download, "DOWNLOAD_RETRY_MAX_DELAY_SECONDS", 0)
-    monkeypatch.setattr(_download, "DOWNLOAD_INTEGRITY_RETRY_BACKOFF", 0)
-    monkeypatch.setattr(_legacy_api, "REPO_TREE_PAGE_RETRY_MAX_DELAY_SECONDS", 0)
+def quiet_fast_client(modelscope_client_env, monkeypatch):
+    """The shared client setup (conftest), plus our own listing retries made instant."""
     monkeypatch.setattr(hub, "LISTING_BACKOFF_S", 0)
-    config.set_default_config(None)  # the singleton caches the cache dir and endpoint
-    yield
-    config.set_default_config(None)
 
 
 @pytest.fixture()

@@ -62,22 +62,8 @@ def mirror_root(tmp_path: Path) -> Path:
 
 
 @pytest.fixture(autouse=True)
-def modelscope_env(tmp_path, monkeypatch):
-    """Keep the client's writes in tmp, silence it, and make its retries instant."""
-    from modelscope_hub import _download, _legacy_api, config
-
-    monkeypatch.setenv("MODELSCOPE_CACHE", str(tmp_path / "ms-cache"))
-    monkeypatch.setenv("MODELSCOPE_HOME", str(tmp_path / "ms-home"))
-    monkeypatch.setenv("TQDM_DISABLE", "1")
-    monkeypatch.setenv("MODELSCOPE_DOWNLOAD_INTRA_CLOUD", "false")
-    monkeypatch.delenv("MODELSCOPE_API_TOKEN", raising=False)
-    monkeypatch.delenv("MODELSCOPE_ENDPOINT", raising=False)
-    monkeypatch.setattr(_download, "DOWNLOAD_RETRY_MAX_DELAY_SECONDS", 0)
-    monkeypatch.setattr(_download, "DOWNLOAD_INTEGRITY_RETRY_BACKOFF", 0)
-    monkeypatch.setattr(_legacy_api, "REPO_TREE_PAGE_RETRY_MAX_DELAY_SECONDS", 0)
-    config.set_default_config(None)  # the config singleton caches the cache dir and endpoint
-    yield
-    config.set_default_config(None)
+def modelscope_env(modelscope_client_env):
+    """The real client against the mirror, set up as in conftest."""
 
 
 def _assert_port_closed(port: int) -> None:
