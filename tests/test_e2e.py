@@ -10,71 +10,15 @@ from __future__ import annotations
 
 import json
 import os
-import signal
-import socket
 import subprocess
-import sys
 import time
 from pathlib import Path
 
 import pytest
 import requests
+from e2e_support import HAVE_SERVER, PROVISION, cli_env, free_port, group_members, mirror_process, pid_alive, port_free, tear_down
 
 pytestmark = pytest.mark.e2e
-
-REPO = Path(__file__).resolve().parent.parent
-CACHE = REPO / ".test-cache"
-PROVISION = [sys.executable, "-m", "provision"]
-
-try:
-    import xinference  # noqa: F401
-
-    HAVE_SERVER = True
-except ImportError:  # pragma: no cover - CI installs the server extra
-    HAVE_SERVER = False
-
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
-def port_free(port: int) -> bool:
-    """Nothing listens on the port (TIME_WAIT leftovers of closed connections do not count)."""
-    with socket.socket() as s:
-        s.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
-        try:
-            s.bind(("127.0.0.1", port))
-            return True
-        except OSError:
-            return False
-
-
-def pid_alive(pid: int) -> bool:
-    try:
-        os.kill(pid, 0)
-    except ProcessLookupError:
-        return False
-    except PermissionError:
-        return True
-    try:  # a zombie is gone for our purposes
-        return Path(f"/proc/{pid}/stat").read_text().split(") ")[1][0] != "Z"
-    except OSError:
-        return False
-
-
-def group_members(pgid: int) -> list[int]:
-    members = []
-    for entry in Path("/proc").iterdir():
-        if entry.name.isdigit():
-            try:
-                fields = (entry / "stat").read_text().rsplit(")", 1)[1].split()
-            except OSError:
-                continue
-            if int(fields[2]) == pgid and fields[0] != "Z":
-                members.append(int(entry.name))
-    return members
 
 
 MANIFEST = """\
@@ -158,63 +102,18 @@ class Stack:
 def stack(tmp_path_factory):
     if not HAVE_SERVER:
         pytest.skip("xinference is not installed (pip install -e '.[server]')")
-    from tiny_models import build_all
-
     root = tmp_path_factory.mktemp("e2e")
-    mirror_root = CACHE / "mirror"
-    build_all(mirror_root)
-    env = {
-        **os.environ,
-        "MODELSCOPE_CACHE": str(root / "ms-cache"),
-        "MODELSCOPE_HOME": str(root / "ms-home"),
-        "MODELSCOPE_DOWNLOAD_INTRA_CLOUD": "false",
-        "TQDM_DISABLE": "1",
-        "HF_HUB_OFFLINE": "1",
-        "PYTHONPATH": str(REPO),
-    }
-    env.pop("PROVISION_STATE_DIR", None)
-    mirror_port = free_port()
-    mirror = subprocess.Popen(
-        [*PROVISION, "mirror", "serve", str(mirror_root), "--host", "127.0.0.1", "--port", str(mirror_port)],
-        env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, start_new_session=True,
-    )
-    mirror_url = f"http://127.0.0.1:{mirror_port}"
+    env = cli_env(root)
     port = free_port()
-    manifest = root / "stack.yml"
-    manifest.write_text(MANIFEST.format(port=port, home=root / "xinf-home", mirror=mirror_url, models=root / "models"))
-    stack = Stack(root, env, manifest, root / "state", port)
+    stack = None
     try:
-        deadline = time.monotonic() + 30
-        while True:
-            try:
-                requests.get(f"{mirror_url}/api/v1/models/tiny/minilm-embed", timeout=1)
-                break
-            except requests.ConnectionError:
-                assert mirror.poll() is None, f"mirror died: {mirror.stdout.read().decode()}"
-                assert time.monotonic() < deadline, "mirror did not answer within 30 s"
-                time.sleep(0.2)
-        yield stack
+        with mirror_process(env) as mirror_url:
+            manifest = root / "stack.yml"
+            manifest.write_text(MANIFEST.format(port=port, home=root / "xinf-home", mirror=mirror_url, models=root / "models"))
+            stack = Stack(root, env, manifest, root / "state", port)
+            yield stack
     finally:
-        _stop_everything(stack, mirror)
-
-
-def _stop_everything(stack: Stack, mirror: subprocess.Popen) -> None:
-    """Whatever happened, leave no process of ours and no port held."""
-    pgid = None
-    if (stack.state / "state.json").exists():
-        server = stack.state_json().get("server") or {}
-        pgid = server.get("pgid")
-        subprocess.run([*PROVISION, "--state-dir", str(stack.state), "down"], env=stack.env, cwd=stack.root,
-                       capture_output=True, timeout=120)
-    if pgid and group_members(pgid):
-        os.killpg(pgid, signal.SIGKILL)
-    mirror.send_signal(signal.SIGTERM)
-    try:
-        mirror.wait(timeout=10)
-    except subprocess.TimeoutExpired:
-        mirror.kill()
-        mirror.wait()
-    mirror.stdout.close()
+        tear_down([root / "state"], env, root)
 
 
 def test_up_brings_the_stack_up_through_fallbacks(stack: Stack):

@@ -11,16 +11,13 @@ started, by recorded PID and process group only.
 from __future__ import annotations
 
 import json
-import os
-import signal
 import stat
 import subprocess
-import time
 from pathlib import Path
 
 import pytest
 import requests
-from test_e2e import CACHE, HAVE_SERVER, PROVISION, free_port, group_members, pid_alive, port_free
+from e2e_support import HAVE_SERVER, PROVISION, cli_env, free_port, group_members, mirror_process, pid_alive, port_free, tear_down
 
 pytestmark = pytest.mark.e2e
 
@@ -117,54 +114,15 @@ class AuthStack:
 def stack(tmp_path_factory):
     if not HAVE_SERVER:
         pytest.skip("xinference is not installed (pip install -e '.[server]')")
-    from tiny_models import build_all
-
     root = tmp_path_factory.mktemp("e2e-auth")
-    mirror_root = CACHE / "mirror"
-    build_all(mirror_root)
-    env = {
-        **os.environ,
-        "MODELSCOPE_CACHE": str(root / "ms-cache"),
-        "MODELSCOPE_HOME": str(root / "ms-home"),
-        "MODELSCOPE_DOWNLOAD_INTRA_CLOUD": "false",
-        "TQDM_DISABLE": "1",
-        "HF_HUB_OFFLINE": "1",
-        "PYTHONPATH": str(Path(__file__).resolve().parent.parent),
-    }
-    for name in ("PROVISION_STATE_DIR", "E2E_XINFERENCE_KEY", "E2E_XINFERENCE_ADMIN_PASSWORD"):
-        env.pop(name, None)
-    mirror_port = free_port()
-    mirror = subprocess.Popen(
-        [*PROVISION, "mirror", "serve", str(mirror_root), "--host", "127.0.0.1", "--port", str(mirror_port)],
-        env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, start_new_session=True,
-    )
-    mirror_url = f"http://127.0.0.1:{mirror_port}"
-    stack = AuthStack(root, env, free_port(), mirror_url)
+    env = cli_env(root, drop=("E2E_XINFERENCE_KEY", "E2E_XINFERENCE_ADMIN_PASSWORD"))
+    stack = None
     try:
-        deadline = time.monotonic() + 30
-        while True:
-            try:
-                requests.get(f"{mirror_url}/api/v1/models/tiny/minilm-embed", timeout=1)
-                break
-            except requests.ConnectionError:
-                assert mirror.poll() is None, f"mirror died: {mirror.stdout.read().decode()}"
-                assert time.monotonic() < deadline, "mirror did not answer within 30 s"
-                time.sleep(0.2)
-        yield stack
+        with mirror_process(env) as mirror_url:
+            stack = AuthStack(root, env, free_port(), mirror_url)
+            yield stack
     finally:
-        if (stack.state / "state.json").exists():
-            subprocess.run([*PROVISION, "--state-dir", str(stack.state), "down"], env=stack.env, cwd=stack.root,
-                           capture_output=True, timeout=120)
-        for pgid in stack.pgids:  # only the groups of servers this module started
-            if group_members(pgid):
-                os.killpg(pgid, signal.SIGKILL)
-        mirror.send_signal(signal.SIGTERM)
-        try:
-            mirror.wait(timeout=10)
-        except subprocess.TimeoutExpired:
-            mirror.kill()
-            mirror.wait()
-        mirror.stdout.close()
+        tear_down([root / "state"], env, root, stack.pgids if stack else ())
 
 
 def _mode(path: Path) -> int:
