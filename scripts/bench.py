@@ -25,7 +25,6 @@ import json
 import os
 import shutil
 import signal
-import socket
 import statistics
 import subprocess
 import sys
@@ -36,6 +35,8 @@ from pathlib import Path
 REPO = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(REPO))
 sys.path.insert(0, str(REPO / "tests"))
+
+from e2e_support import cli_env, free_port  # noqa: E402  (tests/ is put on the path just above)
 
 # Relative sizes of the real models the runbook serves (GB): embedding, rerank, chat.
 REAL_SIZES = {"tiny/minilm-embed": 2.2, "tiny/rerank-bert": 2.2, "tiny/qwen2-chat": 8.0}
@@ -62,12 +63,6 @@ models:
 """
 
 
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
 def padded_mirror(root: Path, scale_mib: int) -> Path:
     """Tiny models, each padded with one extra file so the folders have the real models' relative sizes."""
     from tiny_models import build_all
@@ -83,18 +78,6 @@ def padded_mirror(root: Path, scale_mib: int) -> Path:
             with open(target / "padding.safetensors", "wb") as handle:
                 handle.write(os.urandom(1 << 20) * ((want - have) >> 20))
     return root
-
-
-def env_for(work: Path) -> dict:
-    return {
-        **os.environ,
-        "MODELSCOPE_CACHE": str(work / "ms-cache"),
-        "MODELSCOPE_HOME": str(work / "ms-home"),
-        "MODELSCOPE_DOWNLOAD_INTRA_CLOUD": "false",
-        "TQDM_DISABLE": "1",
-        "HF_HUB_OFFLINE": "1",
-        "PYTHONPATH": str(REPO),
-    }
 
 
 def provision(args: list[str], env: dict, state: Path) -> float:
@@ -187,7 +170,7 @@ def main() -> None:
     from provision.mirror import MirrorServer
 
     work = Path(tempfile.mkdtemp(prefix="provision-bench-"))
-    env = env_for(work)
+    env = cli_env(work)
     results: dict[str, dict] = {}
     try:
         root = padded_mirror(work / "mirror", args.scale_mib)
