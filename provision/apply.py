@@ -19,9 +19,9 @@ from pathlib import Path
 
 import requests
 
-from . import auth, download, hub, launch, ragflow, server, verify
+from . import auth, cluster, download, hub, launch, ragflow, server, verify
 from .errors import EXIT_FAILED, EXIT_OK, EXIT_PARTIAL, AuthError, ProvisionError, ServerError, XinferenceError
-from .gpu import ClusterInfoSource, NvmlSource
+from .gpu import NvmlSource, parse_cluster_info
 from .manifest import Candidate, Manifest, load
 from .plan import KEEP, RELAUNCH, TERMINATE, Observed, Plan, launchable, make_plan, server_url
 from .report import Console, human_bytes, seconds
@@ -57,12 +57,12 @@ def observe(manifest: Manifest, previous: State | None, state_dir: StateDir | No
         record = ServerRecord(url=manifest.server.endpoint, managed=False, **auth.server_record_fields(manifest))
     if record is not None:
         alive = server.server_alive(record) if record.managed else XinferenceClient(record.url).answers() is not None
-        # A server started with the other server.auth setting is restarted like one that moved.
-        if alive and (record.url != server_url(manifest) or (record.managed and record.auth != manifest.server.auth)):
+        # A server started with the other server.auth setting, or another cluster layout, is restarted like one
+        # that moved; so is a cluster one of whose workers is gone.
+        move_reason = _move_reason(manifest, record) if alive else None
+        if move_reason:
             observed.server_moved = record.managed
-            observed.server_move_reason = (
-                "server.host/port changed" if record.url != server_url(manifest) else "server.auth changed"
-            )
+            observed.server_move_reason = move_reason
         elif alive:
             observed.server_reusable = True
             try:
@@ -71,12 +71,33 @@ def observe(manifest: Manifest, previous: State | None, state_dir: StateDir | No
                 _observe_server(manifest, observed, client, _admin_or_none(state_dir, record))
             except ProvisionError:
                 observed.running_uids = set()
+    if manifest.server.mode == "cluster" and not observed.server_reusable:
+        observed.workers = manifest.server.worker_addresses  # `up` starts them and waits until all joined
+        observed.workers_source = "the workers `up` starts (server.workers)"
     for index in range(len(manifest.models)):
         for candidate in manifest.candidates(index):
             if candidate.folder is not None and download.model_folder_problem(candidate.folder) is None:
                 observed.folders_with_model.add(candidate.folder)
     _observe_local(manifest, observed, hub_listing)
     return observed
+
+
+def _move_reason(manifest: Manifest, record: ServerRecord) -> str | None:
+    """Why the live recorded server is not the one the manifest wants (None: it is)."""
+    if record.url != server_url(manifest):
+        return "server.host/port changed"
+    if not record.managed:
+        return None
+    spec = manifest.server
+    if record.auth != spec.auth:
+        return "server.auth changed"
+    if (record.mode, [w.address for w in record.workers]) != (spec.mode, spec.worker_addresses) or (
+            spec.mode == "cluster" and record.supervisor_port != spec.cluster_supervisor_port):
+        return "server.mode/workers changed"
+    gone = server.missing_workers(record)
+    if gone:
+        return f"cluster worker {gone[0].address} (pid {gone[0].pid}) is gone"
+    return None
 
 
 def _admin_or_none(state_dir: StateDir | None, record: ServerRecord) -> XinferenceClient | None:
@@ -101,12 +122,19 @@ def _observe_server(manifest: Manifest, observed: Observed, client: XinferenceCl
                 observed.engines_pending = f"GET /v1/engines failed: {exc.message}"
                 break
             observed.engines[key] = None  # no such model, or no such endpoint: the launch decides
-    if manifest.server.endpoint:
+    if manifest.server.endpoint or manifest.server.mode == "cluster":
+        # GPUs (of a server.endpoint; our own cluster's are this machine's, NVML) and the workers worker_ip may name.
+        source = f"/v1/cluster/info of {client.base_url}"
         try:
-            observed.gpus = ClusterInfoSource(admin or client).gpus()
-            observed.gpu_source = f"/v1/cluster/info of {client.base_url}"
+            info = (admin or client).cluster_info(detailed=True)
+            if manifest.server.endpoint:
+                observed.gpus, observed.gpu_source = parse_cluster_info(info), source
+            observed.workers, observed.workers_source = cluster.worker_addresses(info), source
         except (ProvisionError, ValueError) as exc:  # ValueError: an answer that is not JSON
-            observed.gpu_source = f"GET /v1/cluster/info failed: {getattr(exc, 'message', exc)}"
+            failed = f"GET /v1/cluster/info failed: {getattr(exc, 'message', exc)}"
+            observed.workers_source = failed
+            if manifest.server.endpoint:
+                observed.gpu_source = failed
 
 
 def _observe_local(manifest: Manifest, observed: Observed, hub_listing: bool) -> None:
@@ -289,7 +317,25 @@ def _serve(run: _Run, plan: Plan) -> None:
         if plan.server == "restart":
             previous = run.previous_server
             console.line(f"[server] stopping the earlier server at {previous.url}: {server.stop_server(previous)}")
-        if plan.server in ("start", "restart"):
+        spec = manifest.server
+        if plan.server in ("start", "restart") and spec.mode == "cluster":
+            console.line(f"[server] starting xinference-supervisor on {spec.host}:{spec.port} and {spec.workers} "
+                         f"worker{'s' if spec.workers != 1 else ''} ({', '.join(spec.worker_addresses)})")
+            run.state_dir.ensure()
+            record = server.start_cluster(
+                spec,
+                home=manifest.server_home,
+                logs=run.state_dir.logs,
+                hub=manifest.download.hub,
+                on_event=lambda text: console.line(f"[server] {text}"),
+                on_started=lambda rec: _record_server(run, rec),
+                on_progress=lambda waited: console.progress("server", f"[server] waiting for the API ({waited:.0f}s)"),
+            )
+            record.auth = spec.auth
+            _record_server(run, record)
+            console.line(f"[server] supervisor ready at {record.url} in {seconds(time.monotonic() - started)} "
+                         f"(pid {record.pid}); workers started (pids {', '.join(str(w.pid) for w in record.workers)})")
+        elif plan.server in ("start", "restart"):
             console.line(f"[server] starting xinference-local on {manifest.server.host}:{manifest.server.port}")
             run.state_dir.ensure()
             record = server.start_server(
@@ -320,6 +366,13 @@ def _serve(run: _Run, plan: Plan) -> None:
         run.api_key = auth.api_key_for(run.state_dir, record)
         run.key_client = auth.key_client(run.state_dir, record)
         run.client = auth.admin_client(run.state_dir, record)
+        if record.managed and record.workers and plan.server in ("start", "restart"):
+            waited = time.monotonic()
+            listed = server.wait_for_workers(
+                record, run.client, timeout=spec.start_timeout,
+                on_progress=lambda w: console.progress("server", f"[server] waiting for the workers to join ({w:.0f}s)"),
+            )
+            console.line(f"[server] workers joined in {seconds(time.monotonic() - waited)}: {', '.join(listed)}")
         if not record.managed:
             run.key_client.list_models()  # a refused key ends `up` here, naming the variable to set
     except ProvisionError as exc:

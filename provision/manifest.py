@@ -263,6 +263,39 @@ class ServerSpec(_Strict):
         description="With server.endpoint: NAME of the environment variable holding admin_user's password "
         "(Xinference API keys cannot launch or terminate models).",
     )
+    mode: Literal["local", "cluster"] = Field(
+        "local",
+        description="local: one xinference-local. cluster: an xinference-supervisor on host:port and server.workers "
+        "xinference-workers beside it on this machine, each its own process; place models with models[].worker_ip "
+        "(a cluster that runs elsewhere is server.endpoint).",
+    )
+    workers: int = Field(1, ge=1, le=64, description="With mode: cluster: how many workers to start.")
+    supervisor_port: int | None = Field(
+        None, ge=1, le=65535,
+        description="With mode: cluster: the supervisor's internal (actor) port the workers join; default server.port + 1.",
+    )
+    worker_port: int | None = Field(
+        None, ge=1, le=65535,
+        description="With mode: cluster: worker 1 listens on worker_port, worker 2 on worker_port + 1, ...; a "
+        "model is placed on one with worker_ip: <host>:<its port>. Default server.port + 2.",
+    )
+
+    @property
+    def cluster_supervisor_port(self) -> int:
+        return self.supervisor_port or self.port + 1
+
+    @property
+    def worker_host(self) -> str:
+        """The address the workers listen on: server.host, loopback for a wildcard (they all run here)."""
+        return {"": "127.0.0.1", "0.0.0.0": "127.0.0.1", "::": "::1"}.get(self.host, self.host)
+
+    @property
+    def worker_addresses(self) -> list[str]:
+        """What mode: cluster starts, as the supervisor names the workers (and worker_ip names them)."""
+        if self.mode != "cluster":
+            return []
+        first = self.worker_port or self.port + 2
+        return [f"{self.worker_host}:{first + i}" for i in range(self.workers)]
 
     @field_validator("api_key_env", "admin_password_env")
     @classmethod
@@ -755,6 +788,7 @@ def check(data: dict, lines: dict | None = None) -> list[Problem]:
                 add(("models",), f"expected {want} {role} model{'s' if want != 1 else ''}, found {have}",
                     hint=f"add or remove a model with role: {role}, or set roles.{role}: {have}")
     _check_server_access(data.get("server"), add)
+    _check_cluster(data.get("server"), add)
     return problems
 
 
@@ -788,6 +822,50 @@ def _check_server_access(server: Any, add) -> None:
             if server.get(key) is not None:
                 add(("server", key), f"{key} applies only to a server given by server.endpoint",
                     hint="for a server it starts, provision creates the admin and the API key itself")
+
+
+CLUSTER_KEYS = ("workers", "supervisor_port", "worker_port")
+
+
+def _check_cluster(server: Any, add) -> None:
+    """Cluster keys only with mode: cluster, never beside server.endpoint; every port its own and valid."""
+    if not isinstance(server, dict):
+        return
+    mode = server.get("mode", "local")
+    if mode != "cluster":
+        for key in CLUSTER_KEYS:
+            if key in server:
+                add(("server", key), f"server.{key} applies only to server.mode: cluster",
+                    hint="add `mode: cluster` under server to start a supervisor and workers, or remove the key")
+        return
+    if server.get("endpoint"):
+        add(("server", "mode"), "server.mode: cluster starts a cluster on this machine, server.endpoint uses one "
+            "that runs already: give one of them",
+            hint="for a remote cluster keep server.endpoint and remove mode (models[].worker_ip still places models)")
+        return
+
+    def number(key: str, default: int) -> int | None:
+        value = server.get(key)
+        if value is None:
+            return default
+        return value if isinstance(value, int) and not isinstance(value, bool) else None  # else: a type error
+
+    port, workers = number("port", 9997), number("workers", 1)
+    if port is None or workers is None or workers < 1:
+        return
+    supervisor, first = number("supervisor_port", port + 1), number("worker_port", port + 2)
+    if supervisor is None or first is None:
+        return
+    worker_ports = range(first, first + workers)
+    span = f"{first}" if workers == 1 else f"{first}-{first + workers - 1}"
+    if worker_ports[-1] > 65535 or supervisor > 65535:
+        add(("server", "worker_port" if worker_ports[-1] > 65535 else "supervisor_port"),
+            f"the cluster's ports run past 65535 (supervisor {supervisor}, workers {span})",
+            hint="set server.supervisor_port and server.worker_port to free ports below 65536")
+    elif supervisor == port or supervisor in worker_ports or port in worker_ports:
+        add(("server", "supervisor_port" if supervisor == port else "worker_port"),
+            f"the cluster's ports overlap: server.port {port}, supervisor_port {supervisor}, workers on {span}",
+            hint="every process needs a port of its own: worker i listens on worker_port + i - 1")
 
 
 def json_schema() -> dict:

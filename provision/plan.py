@@ -9,6 +9,8 @@ Per candidate the plan gives an engine verdict (from GET /v1/engines, or pending
 answers), a memory verdict, the bytes still to download, and a skip reason when it cannot work:
 
 - no GPU: vLLM/SGLang/LMDEPLOY, or an explicit n_gpu/gpu_idx, on a machine without one;
+- no worker: its worker_ip names no worker of the cluster (the supervisor's /v1/cluster/info, or the
+  workers server.mode: cluster will start);
 - engine: the server says the engine is not installed or does not run this model;
 - memory: vLLM reserves gpu_memory_utilization x the GPU's TOTAL memory and refuses to start when less
   is free; other engines on a GPU need about the weights x TORCH_OVERHEAD (a Transformers LLM that does
@@ -31,6 +33,7 @@ from fnmatch import fnmatch
 from pathlib import Path, PurePosixPath
 from typing import Any, Mapping
 
+from .cluster import worker_ip_problem
 from .gpu import GiB, Gpu
 from .launch import DEFAULT_GPU_MEMORY_UTILIZATION, gpu_memory_utilization
 from .manifest import GPU_ONLY_ENGINES, Candidate, Manifest
@@ -70,6 +73,8 @@ class Observed:
     listings: dict[tuple[str, str | None], list | str] = field(default_factory=dict)
     local_files: dict[Path, dict[str, int]] = field(default_factory=dict)  # folder -> relative path -> size
     disk_free: int | None = None  # free bytes where download.models_dir is
+    workers: list[str] | None = None  # the cluster's worker addresses (None: not a cluster, or not known)
+    workers_source: str = ""  # where they came from, or why they are unknown
 
 
 @dataclass
@@ -89,7 +94,7 @@ class CandidateStep:
     worker_ip: str | None = None  # the cluster worker it is placed on, when the plan chose one
     placed_by_plan: bool = False  # gpu_idx (and worker_ip) are the plan's choice: launchable sends them
     gpu_memory_utilization: float | None = None  # the share sent to vLLM, `auto` resolved
-    skip_kind: str | None = None  # launch.FailureKind value: no_gpu | oom | engine_missing | engine_unsupported
+    skip_kind: str | None = None  # no_worker | no_gpu | oom | engine_missing | engine_unsupported
     skip_reason: str | None = None
     first: bool = False  # the candidate `up` tries first
 
@@ -156,6 +161,12 @@ def make_plan(manifest: Manifest, observed: Observed) -> Plan:
             f"{observed.server_move_reason or 'server.host/port changed'}: stop the server provision started "
             f"earlier, start one on {manifest.server.host}:{manifest.server.port}"
         )
+    elif manifest.server.mode == "cluster":
+        spec = manifest.server
+        server, server_reason = "start", (
+            f"start xinference-supervisor on {spec.host}:{spec.port} (supervisor port {spec.cluster_supervisor_port}) "
+            f"and {spec.workers} worker{'s' if spec.workers != 1 else ''}: {', '.join(spec.worker_addresses)}"
+        )
     else:
         server, server_reason = "start", f"start xinference-local on {manifest.server.host}:{manifest.server.port}"
     plan = Plan(manifest=manifest.file, name=manifest.name, server=server, server_reason=server_reason, base_url=url,
@@ -165,6 +176,11 @@ def make_plan(manifest: Manifest, observed: Observed) -> Plan:
             f"server.host {manifest.server.host} opens the Xinference API to the network without "
             "authentication: anyone who can reach the port can launch and delete models"
         )
+    if not manifest.server.endpoint and manifest.server.mode == "local":
+        placed = sorted({c.uid for i in range(len(manifest.models)) for c in manifest.candidates(i) if c.worker_ip})
+        if placed:
+            plan.warnings.append(f"worker_ip of {', '.join(placed)} is ignored: xinference-local is a single worker "
+                                 "(server.mode: cluster starts several)")
 
     previous = {m.uid: m for m in observed.previous.models} if observed.previous else {}
     wanted: set[str] = set()
@@ -305,6 +321,9 @@ def _check(c: Candidate, cs: CandidateStep, observed: Observed, gpus: _Gpus, sof
     cs.engine_check, kind, reason = _engine_verdict(c, observed)
     if kind:
         cs.skip_kind, cs.skip_reason = kind, reason
+    no_worker = worker_ip_problem(c.worker_ip, observed.workers)
+    if no_worker:  # the placement the manifest asks for cannot be had: this is what to fix first
+        cs.skip_kind, cs.skip_reason = "no_worker", no_worker
     _memory(c, cs, observed, gpus, soft)
 
 

@@ -121,10 +121,18 @@ def status(result) -> Rendered:
         f"Stack {state.name} ({state.manifest})",
         f"Server: {'alive' if result.server_alive else 'DOWN'} - {result.server_detail}",
         f"Base URL: {result.base_url}",
+    ]
+    if any(p.role != "server" for p in result.processes):  # a cluster: the supervisor and each worker
+        lines += ["", table(["process", "address", "pid", "state", "log"],
+                            [[p.role, p.address, p.pid or "-", "running" if p.alive else "GONE", p.log or "-"]
+                             for p in result.processes])]
+    placed = any(m.workers for m in result.models)
+    lines += [
         "",
         table(
-            ["role", "uid", "recorded", "live", "candidate", "engine"],
-            [[m.role, m.uid, m.recorded, m.live, m.candidate or "-", m.engine or "-"] for m in result.models],
+            ["role", "uid", "recorded", "live", "candidate", "engine"] + (["worker"] if placed else []),
+            [[m.role, m.uid, m.recorded, m.live, m.candidate or "-", m.engine or "-"]
+             + ([", ".join(m.workers) or "-"] if placed else []) for m in result.models],
         ),
     ]
     lines += [f"  {m.uid}: {m.error}" for m in result.models if m.error]
@@ -132,6 +140,7 @@ def status(result) -> Rendered:
         "name": state.name,
         "manifest": state.manifest,
         "server": {"alive": result.server_alive, "detail": result.server_detail, **(asdict(state.server) if state.server else {})},
+        "processes": [asdict(p) for p in result.processes],
         "base_url": result.base_url,
         "models": [asdict(m) for m in result.models],
         "_errors": [],

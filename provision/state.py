@@ -4,7 +4,8 @@ Layout of a state folder (default ./.provision, or --state-dir / PROVISION_STATE
 
     state.json              ServerRecord + one ModelRecord per model (every attempt of its chain)
     lock                    flock()ed by the command that changes state
-    logs/server.log         stdout/stderr of the xinference-local provision started
+    logs/server.log         stdout/stderr of the xinference-local (or cluster supervisor) provision started
+    logs/worker-N.log       stdout/stderr of cluster worker N (server.mode: cluster)
     ragflow/provider.json   what RAGFlow needs (see ragflow.py); 0600, it holds the API key
     credentials.json        admin login and API key of each server provision set up (auth.py); 0600
 """
@@ -32,6 +33,19 @@ def default_state_dir() -> Path:
 
 
 @dataclass
+class WorkerRecord:
+    """One xinference-worker of a cluster provision started; identity fields as ServerRecord's."""
+
+    address: str  # host:port, as the supervisor and worker_ip name it
+    pid: int | None = None
+    pgid: int | None = None
+    cmdline: list[str] = field(default_factory=list)
+    start_ticks: int | None = None
+    log: str | None = None
+    started_at: float | None = None
+
+
+@dataclass
 class ServerRecord:
     url: str  # base of the REST API, e.g. http://127.0.0.1:9997
     managed: bool  # True: provision started it and `down` stops it
@@ -49,6 +63,10 @@ class ServerRecord:
     api_key_env: str | None = None  # external: the variable holding an API key (server.api_key_env)
     admin_user: str | None = None  # external: the admin provision logs in as (server.admin_user)
     admin_password_env: str | None = None  # external: the variable holding that admin's password
+    # server.mode: cluster: pid/pgid/cmdline/log above are the supervisor's; `down` stops the workers first.
+    mode: str = "local"  # local | cluster
+    supervisor_port: int | None = None  # cluster: the supervisor's internal (actor) port
+    workers: list[WorkerRecord] = field(default_factory=list)
 
 
 @dataclass
@@ -101,7 +119,11 @@ class State:
 
     @classmethod
     def from_json(cls, data: dict) -> State:
-        server = ServerRecord(**data["server"]) if data.get("server") else None
+        server = None
+        if data.get("server"):
+            fields = dict(data["server"])
+            fields["workers"] = [WorkerRecord(**w) for w in fields.get("workers") or []]
+            server = ServerRecord(**fields)
         models = []
         for m in data.get("models", []):
             m = dict(m)
