@@ -55,7 +55,7 @@ PENDING_NO_SERVER = "no server answers yet; `up` asks it right after it starts"
 
 @dataclass
 class Observed:
-    """Facts about the world the plan depends on, gathered by apply.observe()."""
+    """Facts about the world the plan depends on, gathered by observe.observe()."""
 
     previous: State | None = None
     server_reusable: bool = False  # the recorded server is ours, alive, and answers

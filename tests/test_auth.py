@@ -19,7 +19,7 @@ from click.testing import CliRunner
 from responses import matchers
 
 from provision import auth, operations
-from provision.apply import observe
+from provision.observe import observe
 from provision.auth import (
     AuthClient,
     Credentials,

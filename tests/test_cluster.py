@@ -21,7 +21,7 @@ import pytest
 import responses
 
 from provision import cluster, operations, server
-from provision.apply import observe
+from provision.observe import observe
 from provision.errors import ManifestError, ServerError
 from provision.manifest import ServerSpec, parse
 from provision.plan import Observed, launchable, make_plan

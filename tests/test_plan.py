@@ -13,10 +13,11 @@ from pathlib import Path
 import responses
 
 from provision import apply, hub
-from provision.apply import observe
+from provision import observe as observe_module
 from provision.gpu import GiB, ClusterInfoSource, Gpu, StaticSource
 from provision.hub import RepoFile
 from provision.manifest import parse
+from provision.observe import observe
 from provision.mirror import MirrorServer
 from provision.plan import (
     KEEP, LAUNCH, RELAUNCH, TERMINATE, Observed, chain_key, launchable, make_plan, weight_bytes,
@@ -444,7 +445,7 @@ def test_plan_only_reads_sizes_from_the_hub_listing(tmp_path, monkeypatch):
     (root / "config.json").write_bytes(b"{}")
     (root / "model.safetensors").write_bytes(b"\0" * 3 * 1024 * 1024)
     monkeypatch.setattr(hub, "LISTING_BACKOFF_S", 0)
-    monkeypatch.setattr(apply, "NvmlSource", lambda visible: StaticSource(one_gpu(free_gib=1)))
+    monkeypatch.setattr(observe_module, "NvmlSource", lambda visible: StaticSource(one_gpu(free_gib=1)))
     with MirrorServer(tmp_path / "mirror").start() as mirror:
         text = (f"version: 1\nname: t\ndownload:\n  endpoint: {mirror.url}\nmodels:\n"
                 + chat().replace("Qwen/Qwen3-4B-Instruct-2507", "acme/tiny-chat")

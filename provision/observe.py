@@ -1,0 +1,155 @@
+"""Observe: the facts a plan depends on, gathered with I/O so that plan.py can stay pure.
+
+Is the server from an earlier `up` still ours and alive, what does it run, which engines can it use,
+which GPUs are there (NVML here, /v1/cluster/info for a remote server), what is on disk, how much disk
+is free, and for `provision plan` the hub's listing of every downloadable candidate. A fact that
+cannot be read is left unknown, and the plan says so.
+"""
+
+from __future__ import annotations
+
+import os
+import shutil
+from concurrent.futures import ThreadPoolExecutor
+
+import requests
+
+from . import auth, cluster, download, hub, server
+from .errors import AuthError, ProvisionError, XinferenceError
+from .gpu import NvmlSource, parse_cluster_info
+from .manifest import Manifest
+from .plan import Observed, server_url
+from .state import ServerRecord, State, StateDir
+from .xinference import XinferenceClient
+
+
+def observe(manifest: Manifest, previous: State | None, state_dir: StateDir | None = None, *,
+            hub_listing: bool = False) -> Observed:
+    """Gather the facts the plan needs: is our old server alive, what does it run and which engines can
+    it use, the GPUs, what is on disk and the free space there; with hub_listing (`provision plan`), the
+    hub's file listing of every downloadable candidate (one request each). Failures leave a fact unknown."""
+    observed = Observed(previous=previous)
+    record = previous.server if previous else None
+    if manifest.server.endpoint:
+        record = ServerRecord(url=manifest.server.endpoint, managed=False, **auth.server_record_fields(manifest))
+    if record is not None:
+        alive = server.server_alive(record) if record.managed else XinferenceClient(record.url).answers() is not None
+        # A server started with the other server.auth setting, or another cluster layout, is restarted like one
+        # that moved; so is a cluster one of whose workers is gone.
+        move_reason = _move_reason(manifest, record) if alive else None
+        if move_reason:
+            observed.server_moved = record.managed
+            observed.server_move_reason = move_reason
+        elif alive:
+            observed.server_reusable = True
+            try:
+                client = auth.key_client(state_dir, record) if state_dir else XinferenceClient(record.url)
+                observed.running_uids = {m.get("id") for m in client.list_models()}
+                _observe_server(manifest, observed, client, _admin_or_none(state_dir, record))
+            except ProvisionError:
+                observed.running_uids = set()
+    if manifest.server.mode == "cluster" and not observed.server_reusable:
+        observed.workers = manifest.server.worker_addresses  # `up` starts them and waits until all joined
+        observed.workers_source = "the workers `up` starts (server.workers)"
+    for index in range(len(manifest.models)):
+        for candidate in manifest.candidates(index):
+            if candidate.folder is not None and download.model_folder_problem(candidate.folder) is None:
+                observed.folders_with_model.add(candidate.folder)
+    _observe_local(manifest, observed, hub_listing)
+    return observed
+
+
+def _move_reason(manifest: Manifest, record: ServerRecord) -> str | None:
+    """Why the live recorded server is not the one the manifest wants (None: it is)."""
+    if record.url != server_url(manifest):
+        return "server.host/port changed"
+    if not record.managed:
+        return None
+    spec = manifest.server
+    if record.auth != spec.auth:
+        return "server.auth changed"
+    if (record.mode, [w.address for w in record.workers]) != (spec.mode, spec.worker_addresses) or (
+            spec.mode == "cluster" and record.supervisor_port != spec.cluster_supervisor_port):
+        return "server.mode/workers changed"
+    gone = server.missing_workers(record)
+    if gone:
+        return f"cluster worker {gone[0].address} (pid {gone[0].pid}) is gone"
+    return None
+
+
+def _admin_or_none(state_dir: StateDir | None, record: ServerRecord) -> XinferenceClient | None:
+    """The admin client where provision has an admin login (cluster info needs the admin scope)."""
+    if state_dir is None:
+        return None
+    try:
+        return auth.admin_client(state_dir, record)
+    except ProvisionError:
+        return None
+
+
+def _observe_server(manifest: Manifest, observed: Observed, client: XinferenceClient,
+                    admin: XinferenceClient | None = None) -> None:
+    """From a server that answers: which engines it can use per model, and for server.endpoint its GPUs."""
+    names = {(c.model_type, c.name) for i in range(len(manifest.models)) for c in manifest.candidates(i)}
+    for key in sorted(names):
+        try:
+            observed.engines[key] = client.engines(*key)
+        except XinferenceError as exc:
+            if isinstance(exc, AuthError) or exc.status is None:  # the rest would fail alike: `up` asks again
+                observed.engines_pending = f"GET /v1/engines failed: {exc.message}"
+                break
+            observed.engines[key] = None  # no such model, or no such endpoint: the launch decides
+    if manifest.server.endpoint or manifest.server.mode == "cluster":
+        # GPUs (of a server.endpoint; our own cluster's are this machine's, NVML) and the workers worker_ip may name.
+        source = f"/v1/cluster/info of {client.base_url}"
+        try:
+            info = (admin or client).cluster_info(detailed=True)
+            if manifest.server.endpoint:
+                observed.gpus, observed.gpu_source = parse_cluster_info(info), source
+            observed.workers, observed.workers_source = cluster.worker_addresses(info), source
+        except (ProvisionError, ValueError) as exc:  # ValueError: an answer that is not JSON
+            failed = f"GET /v1/cluster/info failed: {getattr(exc, 'message', exc)}"
+            observed.workers_source = failed
+            if manifest.server.endpoint:
+                observed.gpu_source = failed
+
+
+def _observe_local(manifest: Manifest, observed: Observed, hub_listing: bool) -> None:
+    """This machine's GPUs (NVML) for a server provision starts; local weight files, free disk, hub listings."""
+    if not manifest.server.endpoint:
+        visible = manifest.server.env.get("CUDA_VISIBLE_DEVICES", os.environ.get("CUDA_VISIBLE_DEVICES"))
+        observed.gpus = NvmlSource(visible).gpus()
+        observed.gpu_source = "NVML" + (f", CUDA_VISIBLE_DEVICES={visible}" if visible is not None else "")
+    elif not observed.gpu_source:
+        observed.gpu_source = f"the server at {manifest.server.endpoint} does not answer"
+    candidates = [c for i in range(len(manifest.models)) for c in manifest.candidates(i)]
+    for c in candidates:
+        if c.folder is not None and c.folder not in observed.local_files and c.folder.is_dir():
+            observed.local_files[c.folder] = {p: st.st_size for p, st in download._local_files(c.folder).items()}
+    models_dir = manifest.models_dir
+    try:
+        existing = next(p for p in (models_dir, *models_dir.parents) if p.exists())
+        observed.disk_free = shutil.disk_usage(existing).free
+    except (OSError, StopIteration):
+        observed.disk_free = None
+    keys = list(dict.fromkeys((c.source, c.revision) for c in candidates if c.downloadable))
+    if not hub_listing or not keys:
+        return
+    if manifest.download.hub != "modelscope":
+        observed.listings.update({key: f"only ModelScope listings are read, not {manifest.download.hub}" for key in keys})
+        return
+    endpoint = hub.resolve_endpoint(manifest.download.endpoint, os.environ)
+    token = os.environ.get(manifest.download.token_env) or None
+    with ThreadPoolExecutor(max_workers=min(8, len(keys)), thread_name_prefix="listing") as pool:
+        futures = {key: pool.submit(hub.list_model_files, key[0], key[1], endpoint=endpoint, token=token) for key in keys}
+    for key, future in futures.items():
+        try:
+            observed.listings[key] = future.result() or "the hub lists no files"
+        except requests.HTTPError as exc:
+            observed.listings[key] = f"HTTP {exc.response.status_code if exc.response is not None else '?'}"
+        except (requests.ConnectionError, requests.Timeout):
+            observed.listings[key] = f"cannot reach {endpoint or hub.DEFAULT_ENDPOINT}"
+        except (requests.RequestException, ValueError) as exc:
+            observed.listings[key] = f"{type(exc).__name__}: {str(exc)[:120]}"
+
+
