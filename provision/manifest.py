@@ -535,7 +535,7 @@ def parse(text: str, *, file: str = "<manifest>", base_dir: Path | None = None, 
             file,
             [Problem("", f"the manifest must be a mapping of keys (version, name, models, ...), not a {_kind(data)}", line=1)],
         )
-    problems: list[Problem] = _underscore_numbers(root)
+    problems: list[Problem] = _underscore_numbers(root) + _duplicate_keys(root)
     data = _interpolate(data, (), environ, problems, lines)
     manifest = None
     try:
@@ -589,6 +589,24 @@ def format_path(loc: tuple) -> str:
         else:
             text += ("." if text else "") + str(part)
     return text
+
+
+def _duplicate_keys(node: yaml.Node | None, path: tuple = ()) -> list[Problem]:
+    """A key written twice in one mapping: YAML keeps the last silently; a manifest should not."""
+    problems: list[Problem] = []
+    if isinstance(node, yaml.MappingNode):
+        first_line: dict[str, int] = {}
+        for key_node, value_node in node.value:
+            key, line = key_node.value, key_node.start_mark.line + 1
+            if key in first_line:
+                problems.append(Problem(format_path(path + (key,)), f"key `{key}` appears twice", line=line,
+                                        hint=f"first on line {first_line[key]}; the last one would win silently"))
+            first_line.setdefault(key, line)
+            problems += _duplicate_keys(value_node, path + (key,))
+    elif isinstance(node, yaml.SequenceNode):
+        for i, item in enumerate(node.value):
+            problems += _duplicate_keys(item, path + (i,))
+    return problems
 
 
 def _underscore_numbers(node: yaml.Node, path: tuple = ()) -> list[Problem]:

@@ -104,6 +104,7 @@ INVALID = [
     pytest.param(edit("  virtual_env: false", "  virtual_env: maybe"), "server.virtual_env", 6, "valid boolean", id="virtual-env-not-bool"),
     pytest.param(edit("      max_model_len: 8192", "      - max_model_len"), "models[2].options", 31, "valid dictionary", id="options-a-list"),
     pytest.param("version: 1\nname: x\nmodels:\n  chat: {}\n", "models", 3, "valid list", id="models-a-mapping"),
+    pytest.param(edit("  port: 9997", "  port: 9997", "  port: 9998"), "server.port", 6, "first on line 5", id="duplicate-key"),
     pytest.param(edit("    uid: chat", "    uid: 2024"), "models[2].uid", 25, "valid string (got 2024)", id="uid-a-number"),
     pytest.param(edit("  virtual_env: false", "  env: [A]"), "server.env", 6, "valid dictionary", id="env-a-list"),
     pytest.param(edit("ragflow:", "roles: none", "ragflow:"), "roles", 33, "valid dictionary", id="roles-a-string"),
