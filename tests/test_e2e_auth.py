@@ -255,3 +255,10 @@ def test_no_secret_was_ever_printed(stack: AuthStack):
     for command, output in stack.printed:
         assert credentials["api_key"] not in output, f"`provision {command}` printed the API key"
         assert credentials["password"] not in output, f"`provision {command}` printed the admin password"
+    # Nor is one written to a log or the state: only credentials.json and the RAGFlow files (0600) hold them.
+    holders = {"credentials.json", "provider.json", "service_conf.user_default_llm.yaml"}
+    for path in stack.state.rglob("*"):
+        if path.is_file() and path.name not in holders:
+            text = path.read_text(errors="replace")
+            assert credentials["api_key"] not in text, f"{path} holds the API key"
+            assert credentials["password"] not in text, f"{path} holds the admin password"
