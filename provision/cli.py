@@ -11,7 +11,7 @@ import sys
 
 import click
 
-EXIT_OK, EXIT_FAILED, EXIT_USAGE, EXIT_PARTIAL = 0, 1, 2, 3  # mirrored in errors.py
+from .errors import EXIT_FAILED, EXIT_OK, EXIT_USAGE
 
 
 class _Group(click.Group):
@@ -60,6 +60,15 @@ def _start(ctx: click.Context, command: str, as_json: bool = False) -> dict:
     return ctx.obj
 
 
+def _render(ctx: click.Context, result, exit_code: int | None = None) -> None:
+    """Print the command's result (render.py has one renderer per command) and exit with its code."""
+    from . import render
+
+    command = ctx.obj["command"]
+    code = result.exit_code if exit_code is None else exit_code
+    render.emit(getattr(render, command)(result), ctx.obj["json"], command, code)
+
+
 def _state_dir(ctx: click.Context):
     from .state import StateDir
 
@@ -67,9 +76,9 @@ def _state_dir(ctx: click.Context):
 
 
 def _console(as_json: bool):
-    from .report import Console
+    from .console import Console
 
-    return Console(quiet=False) if not as_json else Console(quiet=True)
+    return Console(quiet=as_json)
 
 
 @click.group(cls=_Group, context_settings={"help_option_names": ["-h", "--help"], "max_content_width": 100})
@@ -177,10 +186,9 @@ def plan(ctx: click.Context, manifest: str, as_json: bool) -> None:
       provision plan manifests/low-vram.yml
     """
     _start(ctx, "plan", as_json)
-    from . import apply, render
+    from .commands.plan import plan as make_plan
 
-    result = apply.plan_only(manifest, _state_dir(ctx))
-    render.emit(render.plan(result), as_json, "plan", EXIT_OK)
+    _render(ctx, make_plan(manifest, _state_dir(ctx)), EXIT_OK)
 
 
 @cli.command()
@@ -198,10 +206,11 @@ def up(ctx: click.Context, manifest: str, as_json: bool) -> None:
       provision --state-dir /srv/rag/.provision up manifests/low-vram.yml --json
     """
     _start(ctx, "up", as_json)
-    from . import apply, render
+    from . import apply
 
-    result = apply.up(manifest, _state_dir(ctx), console=_console(as_json))
-    render.emit(render.up(result), as_json, "up", result.exit_code)
+    with _console(as_json) as console:
+        result = apply.up(manifest, _state_dir(ctx), console=console)
+    _render(ctx, result)
 
 
 @cli.command()
@@ -216,10 +225,9 @@ def verify(ctx: click.Context, as_json: bool) -> None:
       provision verify --json | jq '.checks[] | select(.ok | not)'
     """
     _start(ctx, "verify", as_json)
-    from . import operations, render
+    from .commands.verify import verify as run_checks
 
-    result = operations.verify(_state_dir(ctx))
-    render.emit(render.verify(result), as_json, "verify", result.exit_code)
+    _render(ctx, run_checks(_state_dir(ctx)))
 
 
 @cli.command()
@@ -233,10 +241,9 @@ def status(ctx: click.Context, as_json: bool) -> None:
       provision status
     """
     _start(ctx, "status", as_json)
-    from . import operations, render
+    from .commands.status import status as read_status
 
-    result = operations.status(_state_dir(ctx))
-    render.emit(render.status(result), as_json, "status", result.exit_code)
+    _render(ctx, read_status(_state_dir(ctx)))
 
 
 @cli.command()
@@ -252,10 +259,11 @@ def down(ctx: click.Context, as_json: bool) -> None:
       provision down
     """
     _start(ctx, "down", as_json)
-    from . import operations, render
+    from .commands.down import down as stop_all
 
-    result = operations.down(_state_dir(ctx), console=_console(as_json))
-    render.emit(render.down(result), as_json, "down", result.exit_code)
+    with _console(as_json) as console:
+        result = stop_all(_state_dir(ctx), console=console)
+    _render(ctx, result)
 
 
 @cli.command()
@@ -272,10 +280,9 @@ def ragflow(ctx: click.Context, as_json: bool, docker: bool | None, show_key: bo
       provision ragflow --show-key
     """
     _start(ctx, "ragflow", as_json)
-    from . import operations, render
+    from .commands.ragflow import ragflow as settings
 
-    result = operations.ragflow(_state_dir(ctx), docker=docker, show_key=show_key)
-    render.emit(render.ragflow(result), as_json, "ragflow", EXIT_OK)
+    _render(ctx, settings(_state_dir(ctx), docker=docker, show_key=show_key), EXIT_OK)
 
 
 @cli.group()

@@ -1,4 +1,4 @@
-"""Observe: the facts a plan depends on, gathered with I/O so that plan.py can stay pure.
+"""Observe: the facts a plan depends on, gathered with I/O so that the plan (plan/) can stay pure.
 
 Is the server from an earlier `up` still ours and alive, what does it run, which engines can it use,
 which GPUs are there (NVML here, /v1/cluster/info for a remote server), what is on disk, how much disk
@@ -11,16 +11,47 @@ from __future__ import annotations
 import os
 import shutil
 from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
 
 import requests
 
-from . import auth, cluster, download, hub, server
+from . import auth, download, placement
+from .download import hub
 from .errors import AuthError, ProvisionError, XinferenceError
-from .gpu import NvmlSource, parse_cluster_info
+from .gpu import Gpu, NvmlSource, parse_cluster_info
 from .manifest import Manifest
-from .plan import Observed, server_url
+from .runtime import cluster, server
 from .state import ServerRecord, State, StateDir
 from .xinference import XinferenceClient
+
+PENDING_NO_SERVER = "no server answers yet; `up` asks it right after it starts"
+
+
+@dataclass
+class Observed:
+    """Facts about the world the plan depends on, gathered by observe.observe()."""
+
+    previous: State | None = None
+    server_reusable: bool = False  # the recorded server is ours, alive, and answers
+    server_moved: bool = False  # our recorded server is alive but the manifest now wants another one
+    server_move_reason: str = ""
+    running_uids: set[str] = field(default_factory=set)  # what that server reports in /v1/models
+    folders_with_model: set[Path] = field(default_factory=set)  # local folders that already hold weights
+    gpus: list[Gpu] | None = None  # None: not known; []: none
+    gpu_source: str = ""  # where the GPU facts came from ("NVML"), or why they are unknown
+    # (model_type, name) -> the server's GET /v1/engines answer (None: it knows no engines for the name).
+    # A missing key is a pending check; engines_pending says why.
+    engines: dict[tuple[str, str], Any] = field(default_factory=dict)
+    engines_pending: str = PENDING_NO_SERVER
+    # (source, revision) -> the hub listing (objects with .path and .size), or why it could not be had
+    listings: dict[tuple[str, str | None], list | str] = field(default_factory=dict)
+    local_files: dict[Path, dict[str, int]] = field(default_factory=dict)  # folder -> relative path -> size
+    disk_free: int | None = None  # free bytes where download.models_dir is
+    workers: list[str] | None = None  # the cluster's worker addresses (None: not a cluster, or not known)
+    workers_source: str = ""  # where they came from, or why they are unknown
+
 
 
 def observe(manifest: Manifest, previous: State | None, state_dir: StateDir | None = None, *,
@@ -61,7 +92,7 @@ def observe(manifest: Manifest, previous: State | None, state_dir: StateDir | No
 
 def _move_reason(manifest: Manifest, record: ServerRecord) -> str | None:
     """Why the live recorded server is not the one the manifest wants (None: it is)."""
-    if record.url != server_url(manifest):
+    if record.url != manifest.server.url:
         return "server.host/port changed"
     if not record.managed:
         return None
@@ -71,7 +102,7 @@ def _move_reason(manifest: Manifest, record: ServerRecord) -> str | None:
     if (record.mode, [w.address for w in record.workers]) != (spec.mode, spec.worker_addresses) or (
             spec.mode == "cluster" and record.supervisor_port != spec.cluster_supervisor_port):
         return "server.mode/workers changed"
-    gone = server.missing_workers(record)
+    gone = cluster.missing_workers(record)
     if gone:
         return f"cluster worker {gone[0].address} (pid {gone[0].pid}) is gone"
     return None
@@ -106,7 +137,7 @@ def _observe_server(manifest: Manifest, observed: Observed, client: XinferenceCl
             info = (admin or client).cluster_info(detailed=True)
             if manifest.server.endpoint:
                 observed.gpus, observed.gpu_source = parse_cluster_info(info), source
-            observed.workers, observed.workers_source = cluster.worker_addresses(info), source
+            observed.workers, observed.workers_source = placement.worker_addresses(info), source
         except (ProvisionError, ValueError) as exc:  # ValueError: an answer that is not JSON
             failed = f"GET /v1/cluster/info failed: {getattr(exc, 'message', exc)}"
             observed.workers_source = failed
@@ -125,7 +156,7 @@ def _observe_local(manifest: Manifest, observed: Observed, hub_listing: bool) ->
     candidates = [c for i in range(len(manifest.models)) for c in manifest.candidates(i)]
     for c in candidates:
         if c.folder is not None and c.folder not in observed.local_files and c.folder.is_dir():
-            observed.local_files[c.folder] = {p: st.st_size for p, st in download._local_files(c.folder).items()}
+            observed.local_files[c.folder] = {p: st.st_size for p, st in download.local_files(c.folder).items()}
     models_dir = manifest.models_dir
     try:
         existing = next(p for p in (models_dir, *models_dir.parents) if p.exists())

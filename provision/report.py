@@ -1,10 +1,9 @@
-"""What a person or a script sees: tables, progress lines, and the --json envelope."""
+"""What a person or a script reads: tables, sizes and durations, and the --json envelope."""
 
 from __future__ import annotations
 
 import json
 import sys
-import time
 from typing import Any, Iterable, TextIO
 
 STATUS_BY_EXIT = {0: "success", 1: "error", 2: "error", 3: "partial"}
@@ -50,48 +49,3 @@ def human_bytes(count: float | None) -> str:
             return f"{count:.0f} {unit}" if unit == "B" else f"{count:.1f} {unit}"
         count /= 1024
     return f"{count:.1f} TiB"
-
-
-class Console:
-    """Human output on stderr (stdout stays clean for --json), one line per event.
-
-    On a terminal, progress for the same key rewrites one line; elsewhere (CI, logs) a key's progress is
-    printed at most every few seconds so long work shows life without flooding the log.
-    """
-
-    def __init__(self, stream: TextIO | None = None, quiet: bool = False, min_interval: float = 5.0):
-        self.stream = stream or sys.stderr
-        self.quiet = quiet
-        self.tty = hasattr(self.stream, "isatty") and self.stream.isatty()
-        self.min_interval = min_interval
-        self._last: dict[str, float] = {}
-        self._open_line = False
-
-    def line(self, text: str = "") -> None:
-        if self.quiet:
-            return
-        self._end_progress()
-        self.stream.write(text + "\n")
-        self.stream.flush()
-
-    def warn(self, text: str) -> None:
-        self.line(f"warning: {text}")
-
-    def progress(self, key: str, text: str, *, final: bool = False) -> None:
-        if self.quiet:
-            return
-        now = time.monotonic()
-        if self.tty and not final:
-            self.stream.write("\r\033[K" + text)
-            self.stream.flush()
-            self._open_line = True
-            return
-        if not final and now - self._last.get(key, 0.0) < self.min_interval:
-            return
-        self._last[key] = now
-        self.line(text)
-
-    def _end_progress(self) -> None:
-        if self._open_line:
-            self.stream.write("\r\033[K")
-            self._open_line = False

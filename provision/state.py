@@ -6,8 +6,8 @@ Layout of a state folder (default ./.provision, or --state-dir / PROVISION_STATE
     lock                    flock()ed by the command that changes state
     logs/server.log         stdout/stderr of the xinference-local (or cluster supervisor) provision started
     logs/worker-N.log       stdout/stderr of cluster worker N (server.mode: cluster)
-    ragflow/provider.json   what RAGFlow needs (see ragflow.py); 0600, it holds the API key
-    credentials.json        admin login and API key of each server provision set up (auth.py); 0600
+    ragflow/provider.json   what RAGFlow needs (see ragflow/config.py); 0600, it holds the API key
+    credentials.json        admin login and API key of each server provision set up (auth/credentials.py); 0600
 """
 
 from __future__ import annotations
@@ -40,7 +40,8 @@ class WorkerRecord:
     pid: int | None = None
     pgid: int | None = None
     cmdline: list[str] = field(default_factory=list)
-    start_ticks: int | None = None
+    create_time: float | None = None
+    start_ticks: int | None = None  # written by provision 0.1 instead of create_time; still read
     log: str | None = None
     started_at: float | None = None
 
@@ -54,11 +55,12 @@ class ServerRecord:
     pid: int | None = None
     pgid: int | None = None
     cmdline: list[str] = field(default_factory=list)
-    start_ticks: int | None = None  # /proc/<pid>/stat field 22: with the cmdline, the PID's identity
+    create_time: float | None = None  # with the cmdline, the PID's identity (runtime/procs.py)
+    start_ticks: int | None = None  # written by provision 0.1 instead of create_time; still read
     log: str | None = None
     home: str | None = None
     started_at: float | None = None
-    # Where the server's secrets come from; never the secrets themselves (see auth.py).
+    # Where the server's secrets come from; never the secrets themselves (see auth/).
     auth: bool = False  # managed: provision set up its authentication; the key is in credentials.json
     api_key_env: str | None = None  # external: the variable holding an API key (server.api_key_env)
     admin_user: str | None = None  # external: the admin provision logs in as (server.admin_user)
@@ -89,7 +91,7 @@ class ModelRecord:
     candidate: str | None = None  # label of the winning candidate
     name: str | None = None
     engine: str | None = None
-    spec: dict[str, Any] = field(default_factory=dict)  # the launch payload that won
+    payload: dict[str, Any] = field(default_factory=dict)  # the POST /v1/models body that launched it
     chain_key: str = ""  # fingerprint of the manifest entry it was launched from (plan.chain_key)
     folder: str | None = None
     attempts: list[AttemptRecord] = field(default_factory=list)
@@ -127,6 +129,8 @@ class State:
         models = []
         for m in data.get("models", []):
             m = dict(m)
+            if "spec" in m:  # provision 0.1 called the launch payload `spec`
+                m["payload"] = m.pop("spec")
             m["attempts"] = [AttemptRecord(**a) for a in m.get("attempts", [])]
             models.append(ModelRecord(**m))
         rest = {k: v for k, v in data.items() if k not in ("server", "models")}

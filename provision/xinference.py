@@ -1,4 +1,5 @@
-"""A small REST client for the Xinference API: requests + tenacity, auth header, errors mapped to ours.
+"""A small REST client for the Xinference API: requests, the retry policy (retry.py), the auth header,
+errors mapped to ours.
 
 Only what provision uses: health, model list, launch (asynchronous), instances, progress, terminate,
 engines, and the three OpenAI-style endpoints RAGFlow calls.
@@ -11,8 +12,8 @@ import time
 from typing import Any
 
 import requests
-from tenacity import retry, retry_if_exception_type, stop_after_attempt, wait_exponential
 
+from . import retry
 from .errors import AuthError, XinferenceError
 
 _WORKER_PREFIX = re.compile(r"^\s*\[address=[^\]]*\]\s*")
@@ -23,10 +24,6 @@ def clean_detail(detail: Any) -> str:
     if not isinstance(detail, str):
         detail = "" if detail is None else str(detail)
     return _WORKER_PREFIX.sub("", detail).strip()
-
-
-class _Transient(Exception):
-    """A connection-level failure worth one more try (GET only)."""
 
 
 class XinferenceClient:
@@ -81,22 +78,18 @@ class XinferenceClient:
             )
         return XinferenceError(f"{what} failed (HTTP {status}): {detail}", status=status, detail=detail)
 
-    @retry(
-        retry=retry_if_exception_type(_Transient),
-        stop=stop_after_attempt(3),
-        wait=wait_exponential(multiplier=0.2, max=2),
-        reraise=True,
-    )
     def _get_retrying(self, path: str, **kwargs) -> requests.Response:
-        try:
-            return self.session.get(f"{self.base_url}{path}", timeout=kwargs.pop("timeout", self.timeout), **kwargs)
-        except (requests.ConnectionError, requests.Timeout) as exc:
-            raise _Transient(str(exc)) from exc
+        """GET, once more on no answer (a GET changes nothing); an answer, whatever its status, is final."""
+        timeout = kwargs.pop("timeout", self.timeout)
+        for attempt in retry.policy(retry.no_answer):
+            with attempt:
+                return self.session.get(f"{self.base_url}{path}", timeout=timeout, **kwargs)
+        raise AssertionError("unreachable")  # the policy re-raises the last failure
 
     def get(self, path: str, **kwargs) -> Any:
         try:
             response = self._get_retrying(path, **kwargs)
-        except _Transient as exc:
+        except (requests.ConnectionError, requests.Timeout) as exc:
             raise XinferenceError(
                 f"cannot reach the Xinference server at {self.base_url}",
                 hint="is it running? `provision status` shows what provision knows about it",

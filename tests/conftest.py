@@ -2,7 +2,52 @@
 
 from __future__ import annotations
 
+import os
+import signal
+from pathlib import Path
+
 import pytest
+from support import cmdline, pid_alive
+
+
+@pytest.fixture(autouse=True)
+def instant_retries(monkeypatch):
+    """The one retry policy (provision/retry.py) without its back-off waits."""
+    from provision import retry
+
+    monkeypatch.setattr(retry, "BACKOFF_S", 0)
+
+
+@pytest.fixture()
+def reaper(tmp_path: Path):
+    """Yield a folder for stand-in programs, which append their PIDs to `pids` there; afterwards kill, by
+    PID, whatever they left running (only processes whose command line names this folder), and fail the
+    test when that was needed."""
+    yield tmp_path
+    pids_file = tmp_path / "pids"
+    pids = [int(p) for p in pids_file.read_text().split()] if pids_file.exists() else []
+    leftovers = [p for p in pids if pid_alive(p) and str(tmp_path) in " ".join(cmdline(p))]
+    for pid in leftovers:
+        os.kill(pid, signal.SIGKILL)
+    assert not leftovers, f"processes left running: {leftovers}"
+
+
+@pytest.fixture()
+def invoke():
+    """Run the CLI in-process: invoke(args) -> click's Result, stdout and stderr kept apart."""
+    from click.testing import CliRunner
+
+    from provision.cli import cli
+
+    try:
+        runner = CliRunner(mix_stderr=False)  # click 8.1
+    except TypeError:
+        runner = CliRunner()  # click >= 8.2 keeps stderr apart by default
+
+    def run(args, **kwargs):
+        return runner.invoke(cli, [str(a) for a in args], **kwargs)
+
+    return run
 
 
 @pytest.fixture()

@@ -1,4 +1,5 @@
-"""What the end-to-end tests share: the CLI environment, the mirror process, process checks, cleanup.
+"""What the end-to-end tests share: one stack harness (the CLI environment, the mirror process, every run's
+output and the process groups it recorded), and the cleanup.
 
 Every process started here is stopped here, by PID or by the process group a state file recorded.
 """
@@ -9,14 +10,15 @@ import contextlib
 import json
 import os
 import signal
-import socket
 import subprocess
 import sys
 import time
 from pathlib import Path
 from typing import Iterable, Iterator
 
+import pytest
 import requests
+from support import free_port, group_members
 
 REPO = Path(__file__).resolve().parent.parent
 CACHE = REPO / ".test-cache"
@@ -28,49 +30,6 @@ try:
     HAVE_SERVER = True
 except ImportError:  # pragma: no cover - CI installs the server extra
     HAVE_SERVER = False
-
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
-def port_free(port: int) -> bool:
-    """Nothing listens on the port (TIME_WAIT leftovers of closed connections do not count)."""
-    with socket.socket() as s:
-        s.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
-        try:
-            s.bind(("127.0.0.1", port))
-            return True
-        except OSError:
-            return False
-
-
-def pid_alive(pid: int) -> bool:
-    try:
-        os.kill(pid, 0)
-    except ProcessLookupError:
-        return False
-    except PermissionError:
-        return True
-    try:  # a zombie is gone for our purposes
-        return Path(f"/proc/{pid}/stat").read_text().split(") ")[1][0] != "Z"
-    except OSError:
-        return False
-
-
-def group_members(pgid: int) -> list[int]:
-    members = []
-    for entry in Path("/proc").iterdir():
-        if entry.name.isdigit():
-            try:
-                fields = (entry / "stat").read_text().rsplit(")", 1)[1].split()
-            except OSError:
-                continue
-            if int(fields[2]) == pgid and fields[0] != "Z":
-                members.append(int(entry.name))
-    return members
 
 
 def cli_env(root: Path, *, drop: Iterable[str] = ()) -> dict:
@@ -144,3 +103,117 @@ def tear_down(state_dirs: Iterable[Path], env: dict, cwd: Path, pgids: Iterable[
     for pgid in groups:
         if group_members(pgid):
             os.killpg(pgid, signal.SIGKILL)
+
+
+def tiny_embedding(uid: str, *extra: str) -> str:
+    """The manifest entry of the tiny embedding model (tests/tiny_models.py), with extra `key: value` lines."""
+    lines = ["  - role: embedding", f"    uid: {uid}", "    name: bge-small-en-v1.5", "    source: tiny/minilm-embed",
+             "    engine: sentence_transformers", *(f"    {line}" for line in extra)]
+    return "\n".join(lines) + "\n"
+
+
+class Run:
+    """One CLI run: exit code, the JSON document (with --json), and what it printed.
+    `code, doc, output = run` unpacks it (output: stdout + stderr)."""
+
+    def __init__(self, code: int, doc: dict | None, stdout: str, stderr: str):
+        self.code, self.doc, self.stdout, self.stderr = code, doc, stdout, stderr
+
+    @property
+    def output(self) -> str:
+        return self.stdout + self.stderr
+
+    def __iter__(self):
+        return iter((self.code, self.doc, self.output))
+
+
+class E2EStack:
+    """A folder for one module's stack: the manifest(s), the state folder(s), the models, the server home;
+    `run` drives the real CLI and remembers what it printed and which process groups a state recorded."""
+
+    def __init__(self, root: Path, env: dict, mirror: str):
+        self.root, self.env, self.mirror = root, env, mirror
+        self.port = free_port()
+        self.state = root / "state"
+        self.home = root / "xinf-home"
+        self.models = root / "models"
+        self.printed: list[tuple[str, str]] = []  # (command, output) of every run that must not show a secret
+        self.timings: dict[str, float] = {}
+        self.states: set[Path] = {self.state}
+        self.pgids: set[int] = set()
+
+    @property
+    def base(self) -> str:
+        return f"http://127.0.0.1:{self.port}"
+
+    def write_manifest(self, text: str, name: str = "stack.yml") -> Path:
+        path = self.root / name
+        path.write_text(text)
+        return path
+
+    def manifest_text(self, name: str, models: str, *, server: Iterable[str] = (), local: bool = True,
+                 tail: str = "") -> str:
+        """A manifest of this stack: its server (local: host, port, home; plus `server` lines), the mirror as
+        the hub, its models folder, then `models` entries and `tail` (roles, ragflow, ...)."""
+        lines = ["  host: 127.0.0.1", f"  port: {self.port}", f"  home: {self.home}", "  start_timeout: 300"]
+        lines = (lines if local else []) + [f"  {line}" for line in server]
+        return (f"version: 1\nname: {name}\nserver:\n" + "\n".join(lines) + "\n"
+                f"download:\n  hub: modelscope\n  endpoint: {self.mirror}\n  models_dir: {self.models}\n"
+                f"models:\n{models}{tail}")
+
+    def run(self, *args: str, state: Path | None = None, env: dict | None = None, timeout: float = 900,
+            may_show_secrets: bool = False) -> Run:
+        state = state or self.state
+        self.states.add(state)
+        started = time.monotonic()
+        proc = subprocess.run([*PROVISION, "--state-dir", str(state), *args], env=env or self.env, cwd=self.root,
+                              capture_output=True, text=True, timeout=timeout)
+        name = " ".join(a for a in args if not a.startswith("/"))
+        while name in self.timings:
+            name += " (again)"
+        self.timings[name] = time.monotonic() - started
+        if not may_show_secrets:
+            self.printed.append((" ".join(args), proc.stdout + proc.stderr))
+        self.pgids |= recorded_pgids(state)
+        doc = None
+        if "--json" in args:
+            try:
+                doc = json.loads(proc.stdout)
+            except ValueError:
+                pytest.fail(f"`provision {' '.join(args)}` printed no JSON:\n{proc.stdout}\n{proc.stderr}")
+        return Run(proc.returncode, doc, proc.stdout, proc.stderr)
+
+    def state_json(self, state: Path | None = None) -> dict:
+        return json.loads(((state or self.state) / "state.json").read_text())
+
+    def server(self) -> dict:
+        return self.state_json()["server"]
+
+    def credentials(self) -> dict:
+        """What `up` stored for the server (server.auth is on by default): admin login and API key."""
+        entries = json.loads((self.state / "credentials.json").read_text())["servers"]
+        return entries[str(self.home)]
+
+    def admin_headers(self) -> dict:
+        """An API key may only list and call models; deleting one takes the admin's login."""
+        login = self.credentials()
+        token = requests.post(f"{self.base}/token", json={"username": login["username"], "password": login["password"]},
+                              timeout=30).json()["access_token"]
+        return {"Authorization": f"Bearer {token}"}
+
+
+@contextlib.contextmanager
+def e2e_stack(tmp_path_factory, name: str, drop: Iterable[str] = ()) -> Iterator[E2EStack]:
+    """A stack folder with the mirror serving the tiny models; afterwards every state it used is brought
+    down, and every process group it recorded is made empty."""
+    if not HAVE_SERVER:
+        pytest.skip("xinference is not installed (pip install -e '.[server]')")
+    root = tmp_path_factory.mktemp(name)
+    env = cli_env(root, drop=drop)
+    stack = None
+    try:
+        with mirror_process(env) as mirror_url:
+            stack = E2EStack(root, env, mirror_url)
+            yield stack
+    finally:
+        tear_down(stack.states if stack else [root / "state"], env, root, stack.pgids if stack else ())

@@ -8,18 +8,10 @@ from pathlib import Path
 
 import click
 import pytest
-from click.testing import CliRunner
 
 from provision.cli import cli
 
 HEAVY = {"pydantic", "yaml", "requests", "modelscope", "torch", "xinference"}
-
-
-def runner() -> CliRunner:
-    try:
-        return CliRunner(mix_stderr=False)  # click 8.1
-    except TypeError:
-        return CliRunner()  # click >= 8.2 keeps stderr apart by default
 
 
 def command_paths(group: click.Group = cli, prefix: tuple[str, ...] = ()) -> list[tuple[str, ...]]:
@@ -34,8 +26,8 @@ def command_paths(group: click.Group = cli, prefix: tuple[str, ...] = ()) -> lis
 
 
 @pytest.mark.parametrize("path", command_paths(), ids=lambda p: " ".join(("provision",) + p))
-def test_help_exits_0_and_shows_an_example(path):
-    result = runner().invoke(cli, [*path, "--help"])
+def test_help_exits_0_and_shows_an_example(invoke, path):
+    result = invoke([*path, "--help"])
     assert result.exit_code == 0, result.output
     assert "Usage: " in result.stdout
     assert "Example" in result.stdout, f"`{' '.join(('provision',) + path)} --help` has no Example: block"
@@ -79,8 +71,8 @@ def test_console_script():
     assert "version" in done.stdout
 
 
-def test_unknown_command_is_a_usage_error():
-    result = runner().invoke(cli, ["bogus"])
+def test_unknown_command_is_a_usage_error(invoke):
+    result = invoke(["bogus"])
     assert result.exit_code == 2
     assert "No such command 'bogus'" in result.stderr or "No such command 'bogus'" in result.output
 
@@ -93,16 +85,16 @@ def bad_manifest(tmp_path) -> Path:
     return file
 
 
-def test_validate_shows_no_traceback_by_default(bad_manifest):
-    result = runner().invoke(cli, ["validate", str(bad_manifest)])
+def test_validate_shows_no_traceback_by_default(invoke, bad_manifest):
+    result = invoke(["validate", bad_manifest])
     out = result.stdout + result.stderr
     assert result.exit_code == 2
     assert "did you mean `engine`?" in out
     assert "Traceback" not in out
 
 
-def test_debug_shows_the_traceback_of_a_manifest_error(bad_manifest):
-    result = runner().invoke(cli, ["--debug", "validate", str(bad_manifest)])
+def test_debug_shows_the_traceback_of_a_manifest_error(invoke, bad_manifest):
+    result = invoke(["--debug", "validate", bad_manifest])
     out = result.stdout + result.stderr
     assert result.exit_code == 2
     assert "did you mean `engine`?" in out
@@ -124,20 +116,20 @@ def load_command(monkeypatch):
 
 
 @pytest.mark.parametrize("debug", [False, True])
-def test_the_group_renders_a_manifest_error_once(load_command, bad_manifest, debug):
-    result = runner().invoke(cli, ["--debug"] * debug + ["load-only", str(bad_manifest)])
+def test_the_group_renders_a_manifest_error_once(invoke, load_command, bad_manifest, debug):
+    result = invoke(["--debug"] * debug + ["load-only", bad_manifest])
     assert result.exit_code == 2
     assert result.stderr.count("error: ") == 1
     assert f"{bad_manifest}:10: models[0].engin: unknown key `engin` (did you mean `engine`?)" in result.stderr
     assert ("Traceback" in result.stderr) is debug
 
 
-def test_an_unexpected_exception_is_called_a_bug(monkeypatch):
+def test_an_unexpected_exception_is_called_a_bug(invoke, monkeypatch):
     @click.command("crash")
     def crash() -> None:
         raise RuntimeError("boom")
 
     monkeypatch.setitem(cli.commands, "crash", crash)
-    result = runner().invoke(cli, ["crash"])
+    result = invoke(["crash"])
     assert result.exit_code == 1
     assert "unexpected RuntimeError: boom" in result.stderr and "this is a bug in provision" in result.stderr

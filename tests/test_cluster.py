@@ -20,14 +20,18 @@ from pathlib import Path
 import pytest
 import responses
 
-from provision import cluster, operations, server
-from provision.observe import observe
+from provision import placement
+from provision.apply.models import launchable
+from provision.commands.status import status as read_status
 from provision.errors import ManifestError, ServerError
 from provision.manifest import ServerSpec, parse
-from provision.plan import Observed, launchable, make_plan
+from provision.observe import Observed, observe
+from provision.plan import make_plan
+from provision.runtime import cluster, procs, server
 from provision.render import status as render_status
 from provision.state import ModelRecord, ServerRecord, State, StateDir, WorkerRecord
 from provision.xinference import XinferenceClient
+from support import free_port, free_ports, pid_alive, port_free
 
 COMMON = """\
 #!{python}
@@ -118,36 +122,10 @@ while True:
 """
 
 
-def free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return sock.getsockname()[1]
-
-
-def free_ports(count: int) -> int:
-    """The first of `count` consecutive free ports."""
-    for _ in range(50):
-        first = free_port()
-        if first + count < 65536 and not any(server.port_in_use("127.0.0.1", first + i) for i in range(1, count)):
-            return first
-    raise AssertionError("no run of free ports")
-
-
-@pytest.fixture()
-def reaper(tmp_path: Path):
-    yield tmp_path
-    pids_file = tmp_path / "pids"
-    pids = [int(p) for p in pids_file.read_text().split()] if pids_file.exists() else []
-    leftovers = [p for p in pids if server.pid_alive(p) and str(tmp_path) in " ".join(server.read_cmdline(p) or [])]
-    for pid in leftovers:
-        os.kill(pid, signal.SIGKILL)
-    assert not leftovers, f"processes left running: {leftovers}"
-
-
 @pytest.fixture()
 def standins(reaper: Path) -> dict[str, Path]:
     found = {}
-    for name, body in ((server.SUPERVISOR, SUPERVISOR), (server.WORKER, WORKER)):
+    for name, body in ((cluster.SUPERVISOR, SUPERVISOR), (cluster.WORKER, WORKER)):
         script = reaper / name
         script.write_text(body.format(python=sys.executable))
         script.chmod(0o755)
@@ -162,7 +140,7 @@ def cluster_spec(folder: Path, workers: int = 2, **env) -> ServerSpec:
 
 
 def alive_pids(folder: Path) -> list[int]:
-    return [int(p) for p in (folder / "pids").read_text().split() if server.pid_alive(int(p))]
+    return [int(p) for p in (folder / "pids").read_text().split() if pid_alive(int(p))]
 
 
 # -- manifest ---------------------------------------------------------------------------------------
@@ -212,16 +190,16 @@ def test_worker_addresses_and_worker_ip_problem():
     info = [{"node_type": "Supervisor", "ip_address": "10.0.0.5:9998"},
             {"node_type": "Worker", "ip_address": "10.0.0.5:40001"},
             {"node_type": "Worker", "ip_address": "10.0.0.6:40001"}]
-    workers = cluster.worker_addresses(info)
+    workers = placement.worker_addresses(info)
     assert workers == ["10.0.0.5:40001", "10.0.0.6:40001"]
-    assert cluster.worker_addresses({"data": info}) == workers and cluster.worker_addresses("oops") == []
+    assert placement.worker_addresses({"data": info}) == workers and placement.worker_addresses("oops") == []
     for fine in ("10.0.0.5:40001", "10.0.0.6", "10.0.0.5:40001, 10.0.0.6:40001", None):
-        assert cluster.worker_ip_problem(fine, workers) is None
-    assert cluster.worker_ip_problem("10.0.0.5:40002", workers) == \
+        assert placement.worker_ip_problem(fine, workers) is None
+    assert placement.worker_ip_problem("10.0.0.5:40002", workers) == \
         "worker 10.0.0.5:40002 is not in the cluster (workers: 10.0.0.5:40001, 10.0.0.6:40001)"
-    assert "10.0.0.7, 10.0.0.5:1 are not" in cluster.worker_ip_problem("10.0.0.7,10.0.0.5:1,10.0.0.6", workers)
-    assert cluster.worker_ip_problem("10.0.0.9", None) is None  # not known: the launch decides
-    assert cluster.host_of("[::1]:40001") == "::1" and cluster.host_of("10.0.0.5") == "10.0.0.5"
+    assert "10.0.0.7, 10.0.0.5:1 are not" in placement.worker_ip_problem("10.0.0.7,10.0.0.5:1,10.0.0.6", workers)
+    assert placement.worker_ip_problem("10.0.0.9", None) is None  # not known: the launch decides
+    assert placement.host_of("[::1]:40001") == "::1" and placement.host_of("10.0.0.5") == "10.0.0.5"
 
 
 PLACED = """\
@@ -286,9 +264,9 @@ def test_unknown_workers_skip_nothing_and_local_mode_warns(tmp_path: Path):
 
 def test_a_cluster_record_survives_the_state_file(tmp_path: Path):
     record = ServerRecord(url="http://127.0.0.1:9997", managed=True, host="127.0.0.1", port=9997, pid=10, pgid=10,
-                          cmdline=["xinference-supervisor"], start_ticks=5, mode="cluster", supervisor_port=9998,
+                          cmdline=["xinference-supervisor"], create_time=5.0, mode="cluster", supervisor_port=9998,
                           workers=[WorkerRecord("127.0.0.1:9999", pid=11, pgid=11, cmdline=["xinference-worker"],
-                                                start_ticks=6, log="/l/worker-1.log", started_at=1.0)])
+                                                create_time=6.0, log="/l/worker-1.log", started_at=1.0)])
     state_dir = StateDir(tmp_path / "state")
     state_dir.write(State(manifest="m.yml", name="t", server=record))
     back = state_dir.read().server
@@ -307,11 +285,11 @@ def test_a_cluster_record_survives_the_state_file(tmp_path: Path):
 def test_start_wait_status_and_stop_workers_first(standins, reaper: Path):
     spec = cluster_spec(reaper)
     seen: list[ServerRecord] = []
-    record = server.start_cluster(spec, reaper / "home", reaper / "logs", executables=standins, timeout=60,
+    record = cluster.start_cluster(spec, reaper / "home", reaper / "logs", executables=standins, timeout=60,
                                   on_started=lambda r: seen.append(r))
     assert record.mode == "cluster" and record.supervisor_port == spec.cluster_supervisor_port
     assert [w.address for w in record.workers] == spec.worker_addresses
-    assert all(server.is_same_process(p) for p in (record, *record.workers))
+    assert all(procs.is_same_process(p) for p in (record, *record.workers))
     assert record.log == str(reaper / "logs" / "server.log")
     assert [w.log for w in record.workers] == [str(reaper / "logs" / f"worker-{i}.log") for i in (1, 2)]
     assert record.workers[0].cmdline[-8:] == ["--endpoint", record.url, "--host", "127.0.0.1", "--worker-port",
@@ -319,7 +297,7 @@ def test_start_wait_status_and_stop_workers_first(standins, reaper: Path):
     assert seen and seen[-1].workers == record.workers  # the state hears of every process as it starts
     assert len({w.pgid for w in record.workers} | {record.pgid}) == 3  # a process group each
 
-    listed = server.wait_for_workers(record, XinferenceClient(record.url), timeout=30)
+    listed = cluster.wait_for_workers(record, XinferenceClient(record.url), timeout=30)
     assert sorted(listed) == sorted(spec.worker_addresses)
     keys = (reaper / "auth-keys").read_text().split("\n")[:-1]
     assert len(keys) == 3 and len({line.split()[1] for line in keys}) == 1  # one actor key, shared by all
@@ -329,7 +307,7 @@ def test_start_wait_status_and_stop_workers_first(standins, reaper: Path):
     state_dir.write(State(manifest="m.yml", name="t", server=record, models=[
         ModelRecord(role="embedding", uid="emb", model_type="embedding", status="running"),
         ModelRecord(role="rerank", uid="rr", model_type="rerank", status="running")]))
-    result = operations.status(state_dir)
+    result = read_status(state_dir)
     assert result.exit_code == 0 and result.server_alive
     assert [(p.role, p.address, p.alive) for p in result.processes] == [
         ("supervisor", f"127.0.0.1:{spec.port}", True),
@@ -341,10 +319,10 @@ def test_start_wait_status_and_stop_workers_first(standins, reaper: Path):
     assert [p["role"] for p in data["processes"]] == ["supervisor", "worker", "worker"]
 
     os.kill(record.workers[1].pid, signal.SIGKILL)  # a worker dies behind our back
-    while server.pid_alive(record.workers[1].pid):
+    while pid_alive(record.workers[1].pid):
         time.sleep(0.05)
-    assert server.missing_workers(record) == [record.workers[1]]
-    result = operations.status(state_dir)
+    assert cluster.missing_workers(record) == [record.workers[1]]
+    result = read_status(state_dir)
     assert result.exit_code == 1 and f"1 of 2 workers gone ({spec.worker_addresses[1]})" in result.server_detail
 
     outcome = server.stop_server(record, grace=5)
@@ -353,30 +331,30 @@ def test_start_wait_status_and_stop_workers_first(standins, reaper: Path):
     assert (reaper / "stops").read_text().split("\n")[:-1] == [f"worker {spec.worker_port}", "supervisor"]
     assert alive_pids(reaper) == []
     assert not any(Path(f"/proc/{p.pid}").exists() for p in (record, *record.workers))  # reaped: no zombie left
-    assert not server.port_in_use("127.0.0.1", spec.port)
+    assert port_free(spec.port)
     assert server.stop_server(record).endswith("supervisor: not running")
 
 
 def test_a_worker_that_is_not_ours_any_more_is_left_alone(standins, reaper: Path):
     spec = cluster_spec(reaper, workers=1)
-    record = server.start_cluster(spec, reaper / "home", reaper / "logs", executables=standins, timeout=60)
+    record = cluster.start_cluster(spec, reaper / "home", reaper / "logs", executables=standins, timeout=60)
     real = record.workers[0]
-    record.workers = [WorkerRecord(**{**real.__dict__, "start_ticks": real.start_ticks - 1})]  # a reused PID
+    record.workers = [WorkerRecord(**{**real.__dict__, "create_time": real.create_time - 1})]  # a reused PID
     outcome = server.stop_server(record, grace=5)
     assert outcome.startswith(f"worker {real.address}: pid {real.pid} is now another program: left alone")
-    assert server.pid_alive(real.pid) and not server.pid_alive(record.pid)
+    assert pid_alive(real.pid) and not pid_alive(record.pid)
     record.workers = [real]
     assert server.stop_server(record, grace=5).startswith(f"worker {real.address}: stopped in")
 
 
 def test_stop_reaches_the_supervisors_children_in_other_sessions(standins, reaper: Path):
     spec = cluster_spec(reaper, workers=1, STANDIN_STRAY="1")
-    record = server.start_cluster(spec, reaper / "home", reaper / "logs", executables=standins, timeout=60)
+    record = cluster.start_cluster(spec, reaper / "home", reaper / "logs", executables=standins, timeout=60)
     stray = int((reaper / "stray").read_text())
-    assert server.pid_alive(stray) and os.getsid(stray) != os.getsid(record.pid)
+    assert pid_alive(stray) and os.getsid(stray) != os.getsid(record.pid)
     outcome = server.stop_server(record, grace=1)
     assert outcome.endswith("supervisor: killed after 1 s (did not stop on SIGTERM)")
-    assert not server.pid_alive(stray) and alive_pids(reaper) == []
+    assert not pid_alive(stray) and alive_pids(reaper) == []
 
 
 @pytest.mark.parametrize("crash, retried", [
@@ -387,13 +365,13 @@ def test_the_supervisors_own_start_up_race_is_retried_once(standins, reaper: Pat
     spec = cluster_spec(reaper, workers=1, STANDIN_CRASH=crash)
     events: list[str] = []
     if retried:
-        record = server.start_cluster(spec, reaper / "home", reaper / "logs", executables=standins, timeout=60,
+        record = cluster.start_cluster(spec, reaper / "home", reaper / "logs", executables=standins, timeout=60,
                                       on_event=events.append)
-        assert server.is_same_process(record) and len(events) == 1 and "starting it once more" in events[0]
+        assert procs.is_same_process(record) and len(events) == 1 and "starting it once more" in events[0]
         server.stop_server(record, grace=5)
     else:
         with pytest.raises(ServerError, match="exited with code 1"):
-            server.start_cluster(spec, reaper / "home", reaper / "logs", executables=standins, timeout=60,
+            cluster.start_cluster(spec, reaper / "home", reaper / "logs", executables=standins, timeout=60,
                                  on_event=events.append)
         assert events == []
     assert alive_pids(reaper) == []
@@ -402,10 +380,10 @@ def test_the_supervisors_own_start_up_race_is_retried_once(standins, reaper: Pat
 def test_a_worker_that_dies_at_start_stops_the_cluster(standins, reaper: Path):
     spec = cluster_spec(reaper)
     spec.env["STANDIN_FAIL"] = str(spec.worker_port + 1)
-    record = server.start_cluster(spec, reaper / "home", reaper / "logs", executables=standins, timeout=60)
+    record = cluster.start_cluster(spec, reaper / "home", reaper / "logs", executables=standins, timeout=60)
     began = time.monotonic()
     with pytest.raises(ServerError) as info:
-        server.wait_for_workers(record, XinferenceClient(record.url), timeout=60)
+        cluster.wait_for_workers(record, XinferenceClient(record.url), timeout=60)
     assert time.monotonic() - began < 30, "waited for the deadline instead of noticing the exit"
     message = info.value.message
     assert f"xinference-worker 127.0.0.1:{spec.worker_port + 1} exited with code 5" in message
@@ -416,9 +394,9 @@ def test_a_worker_that_dies_at_start_stops_the_cluster(standins, reaper: Path):
 def test_a_worker_that_never_joins_times_out_and_stops_the_cluster(standins, reaper: Path):
     spec = cluster_spec(reaper)
     spec.env["STANDIN_SILENT"] = str(spec.worker_port)
-    record = server.start_cluster(spec, reaper / "home", reaper / "logs", executables=standins, timeout=60)
+    record = cluster.start_cluster(spec, reaper / "home", reaper / "logs", executables=standins, timeout=60)
     with pytest.raises(ServerError) as info:
-        server.wait_for_workers(record, XinferenceClient(record.url), timeout=2)
+        cluster.wait_for_workers(record, XinferenceClient(record.url), timeout=2)
     assert f"worker 127.0.0.1:{spec.worker_port} did not join the supervisor" in info.value.message
     assert f"it lists: 127.0.0.1:{spec.worker_port + 1}" in info.value.message
     assert "start_timeout" in info.value.hint
@@ -431,7 +409,7 @@ def test_a_taken_worker_port_fails_before_starting_anything(standins, reaper: Pa
         holder.bind(("127.0.0.1", spec.worker_port + 1))
         holder.listen()
         with pytest.raises(ServerError) as info:
-            server.start_cluster(spec, reaper / "home", reaper / "logs", executables=standins, timeout=60)
+            cluster.start_cluster(spec, reaper / "home", reaper / "logs", executables=standins, timeout=60)
     assert f"port {spec.worker_port + 1} is already in use" in info.value.message and "worker 2" in info.value.message
     assert "server.worker_port" in info.value.hint
     assert not (reaper / "pids").exists()

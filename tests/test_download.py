@@ -20,7 +20,8 @@ from pathlib import Path
 import pytest
 import responses
 
-from provision import download, hub
+from provision import download
+from provision.download import fetch as fetch_module, folder as folder_module, hub, progress as progress_module
 from provision.download import DownloadResult, download_all, download_model, local_folder_check
 from provision.errors import HubError
 from provision.manifest import Candidate, DownloadSpec
@@ -45,9 +46,8 @@ TOKEN_ENV = "TEST_HUB_TOKEN"
 
 
 @pytest.fixture(autouse=True)
-def quiet_fast_client(modelscope_client_env, monkeypatch):
-    """The shared client setup (conftest), plus our own listing retries made instant."""
-    monkeypatch.setattr(hub, "LISTING_BACKOFF_S", 0)
+def quiet_fast_client(modelscope_client_env):
+    """The shared client setup (conftest)."""
 
 
 @pytest.fixture()
@@ -145,7 +145,7 @@ def test_first_download_fetches_every_file_and_reports_progress(mirror, models_d
     assert result.files_fetched == len(REPOS[EMBED])
     assert result.bytes_fetched == sum(len(b) for b in REPOS[EMBED].values())
     assert {rel: (folder / rel).read_bytes() for rel in REPOS[EMBED]} == REPOS[EMBED]
-    assert (folder / download.RECORD).is_file()
+    assert (folder / folder_module.RECORD).is_file()
     states = [e.state for e in events]
     assert states[0] == "listing" and states[-1] == "done"
     assert events[-1].bytes_done == events[-1].bytes_total == result.bytes_fetched
@@ -155,7 +155,7 @@ def test_unchanged_folder_is_skipped_without_the_client(mirror, models_dir, monk
     fetch(EMBED, mirror.url, models_dir)
     settled_log(mirror)
     mirror.request_log.clear()
-    monkeypatch.setattr(download, "_modelscope_client", lambda: pytest.fail("the client must not run"))
+    monkeypatch.setattr(fetch_module, "_modelscope_client", lambda: pytest.fail("the client must not run"))
 
     result = fetch(EMBED, mirror.url, models_dir)
 
@@ -220,7 +220,7 @@ def test_endpoint_from_environment_and_token(start_mirror, models_dir):
 
 def test_progress_grows_while_downloading_and_its_thread_stops(start_mirror, models_dir, monkeypatch):
     mirror = start_mirror(rate_limit_bytes_per_s=2 * 1024 * 1024)
-    monkeypatch.setattr(download, "PROGRESS_INTERVAL_S", 0.05)
+    monkeypatch.setattr(progress_module, "PROGRESS_INTERVAL_S", 0.05)
     events = []
     fetch(EMBED, mirror.url, models_dir, progress=events.append)
 
@@ -330,7 +330,7 @@ def test_client_success_false_means_no_files(models_dir, monkeypatch):
 
 
 def test_not_enough_disk_space_is_found_before_downloading(mirror, models_dir, monkeypatch):
-    monkeypatch.setattr(download.shutil, "disk_usage", lambda path: shutil._ntuple_diskusage(10**9, 10**9, 1000))
+    monkeypatch.setattr(folder_module.shutil, "disk_usage", lambda path: shutil._ntuple_diskusage(10**9, 10**9, 1000))
     text = error_of(EMBED, mirror.url, models_dir)
     assert "not enough disk space" in text and "1.0 MiB" in text and "download.models_dir" in text
     assert fetched_files(mirror) == []
@@ -343,7 +343,7 @@ def test_disk_full_while_downloading(mirror, models_dir, monkeypatch):
         full = OSError(errno.ENOSPC, "No space left on device")
         raise FileDownloadError("1 of 5 file(s) failed", failed_files={"model.safetensors": full})
 
-    monkeypatch.setattr(download, "_modelscope_client", lambda: full_disk)
+    monkeypatch.setattr(fetch_module, "_modelscope_client", lambda: full_disk)
     text = error_of(EMBED, mirror.url, models_dir)
     assert "disk filled up" in text and "needs 1.0 MiB" in text and "free space" in text
 
@@ -395,5 +395,5 @@ def test_model_folder_problem(tmp_path, files, problem):
 
 def test_record_survives_json_garbage(mirror, models_dir):
     fetch(EMBED, mirror.url, models_dir)
-    (models_dir / EMBED / download.RECORD).write_text(json.dumps({"files": [1, 2]}))
+    (models_dir / EMBED / folder_module.RECORD).write_text(json.dumps({"files": [1, 2]}))
     assert not fetch(EMBED, mirror.url, models_dir).skipped

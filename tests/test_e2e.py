@@ -10,35 +10,17 @@ from __future__ import annotations
 
 import json
 import os
-import subprocess
-import time
 from pathlib import Path
 
 import pytest
 import requests
-from e2e_support import HAVE_SERVER, PROVISION, cli_env, free_port, group_members, mirror_process, pid_alive, port_free, tear_down
+from e2e_support import E2EStack, e2e_stack, tiny_embedding
+from support import group_members, pid_alive, port_free
 
 pytestmark = pytest.mark.e2e
 
 
-MANIFEST = """\
-version: 1
-name: e2e
-server:
-  host: 127.0.0.1
-  port: {port}
-  home: {home}
-  start_timeout: 300
-download:
-  hub: modelscope
-  endpoint: {mirror}
-  models_dir: {models}
-models:
-  - role: embedding
-    uid: e2e-embed
-    name: bge-small-en-v1.5
-    source: tiny/minilm-embed
-    engine: sentence_transformers
+MODELS = tiny_embedding("e2e-embed") + """\
   - role: rerank
     uid: e2e-rerank
     name: bge-reranker-base
@@ -58,69 +40,18 @@ models:
     quantization: none
     fallbacks:
       - engine: Transformers
-ragflow:
-  docker: true
 """
-
-
-class Stack:
-    def __init__(self, root: Path, env: dict, manifest: Path, state: Path, port: int):
-        self.root, self.env, self.manifest, self.state, self.port = root, env, manifest, state, port
-        self.base = f"http://127.0.0.1:{port}"
-        self.up_doc: dict = {}
-        self.up_seconds = 0.0
-
-    def run(self, *args: str, timeout: float = 900) -> tuple[int, dict | None, str]:
-        proc = subprocess.run(
-            [*PROVISION, "--state-dir", str(self.state), *args],
-            env=self.env, cwd=self.root, capture_output=True, text=True, timeout=timeout,
-        )
-        doc = None
-        if "--json" in args:
-            try:
-                doc = json.loads(proc.stdout)
-            except ValueError:
-                pytest.fail(f"`provision {' '.join(args)}` printed no JSON:\n{proc.stdout}\n{proc.stderr}")
-        return proc.returncode, doc, proc.stderr
-
-    def state_json(self) -> dict:
-        return json.loads((self.state / "state.json").read_text())
-
-    def credentials(self) -> dict:
-        """What `up` stored for the server (server.auth is on by default): admin login and API key."""
-        return next(iter(json.loads((self.state / "credentials.json").read_text())["servers"].values()))
-
-    def admin_headers(self) -> dict:
-        """An API key may only list and call models; deleting one takes the admin's login."""
-        login = self.credentials()
-        token = requests.post(f"{self.base}/token", json={"username": login["username"], "password": login["password"]},
-                              timeout=30).json()["access_token"]
-        return {"Authorization": f"Bearer {token}"}
 
 
 @pytest.fixture(scope="module")
 def stack(tmp_path_factory):
-    if not HAVE_SERVER:
-        pytest.skip("xinference is not installed (pip install -e '.[server]')")
-    root = tmp_path_factory.mktemp("e2e")
-    env = cli_env(root)
-    port = free_port()
-    stack = None
-    try:
-        with mirror_process(env) as mirror_url:
-            manifest = root / "stack.yml"
-            manifest.write_text(MANIFEST.format(port=port, home=root / "xinf-home", mirror=mirror_url, models=root / "models"))
-            stack = Stack(root, env, manifest, root / "state", port)
-            yield stack
-    finally:
-        tear_down([root / "state"], env, root)
+    with e2e_stack(tmp_path_factory, "e2e") as stack:
+        stack.manifest = stack.write_manifest(stack.manifest_text("e2e", MODELS, tail="ragflow:\n  docker: true\n"))
+        yield stack
 
 
-def test_up_brings_the_stack_up_through_fallbacks(stack: Stack):
-    started = time.monotonic()
+def test_up_brings_the_stack_up_through_fallbacks(stack: E2EStack):
     code, doc, stderr = stack.run("up", str(stack.manifest), "--json")
-    stack.up_seconds = time.monotonic() - started
-    stack.up_doc = doc
     assert code == 0, f"up failed ({code}):\n{stderr}\n{json.dumps(doc, indent=2)[:4000]}"
     models = {m["uid"]: m for m in doc["models"]}
     assert {m["status"] for m in models.values()} == {"running"}
@@ -139,12 +70,12 @@ def test_up_brings_the_stack_up_through_fallbacks(stack: Stack):
     assert doc["timings"]["first_ready"] < doc["timings"]["total"]
     report = os.environ.get("PROVISION_E2E_REPORT")
     if report:
-        Path(report).write_text(json.dumps({"wall_seconds": stack.up_seconds, "timings": doc["timings"]}, indent=2))
+        Path(report).write_text(json.dumps({"wall_seconds": stack.timings["up --json"], "timings": doc["timings"]}, indent=2))
     # The weights came through the modelscope client from the mirror into models_dir.
     assert (stack.root / "models" / "tiny" / "qwen2-chat" / "config.json").exists()
 
 
-def test_ragflow_config_is_written(stack: Stack):
+def test_ragflow_config_is_written(stack: E2EStack):
     provider = json.loads((stack.state / "ragflow" / "provider.json").read_text())
     assert provider["base_url"] == f"http://127.0.0.1:{stack.port}/v1"
     assert provider["docker_base_url"] == f"http://host.docker.internal:{stack.port}/v1"
@@ -162,7 +93,7 @@ def test_ragflow_config_is_written(stack: Stack):
     assert code == 0
 
 
-def test_openai_client_works_against_base_url(stack: Stack):
+def test_openai_client_works_against_base_url(stack: E2EStack):
     from openai import OpenAI
 
     provider = json.loads((stack.state / "ragflow" / "provider.json").read_text())
@@ -183,7 +114,7 @@ def test_openai_client_works_against_base_url(stack: Stack):
     assert sorted(r["index"] for r in body["results"]) == [0, 1, 2]
 
 
-def test_status_and_verify_report_the_running_stack(stack: Stack):
+def test_status_and_verify_report_the_running_stack(stack: E2EStack):
     code, doc, _ = stack.run("status", "--json")
     assert code == 0 and doc["server"]["alive"] is True
     assert {m["uid"]: (m["live"], m["candidate"]) for m in doc["models"]} == {
@@ -193,7 +124,7 @@ def test_status_and_verify_report_the_running_stack(stack: Stack):
     assert {c["uid"]: c["detail"] for c in doc["checks"] if c["role"] == "embedding"}["e2e-embed"].startswith("384")
 
 
-def test_second_up_is_a_no_op(stack: Stack):
+def test_second_up_is_a_no_op(stack: E2EStack):
     pid_before = stack.state_json()["server"]["pid"]
     code, doc, stderr = stack.run("up", str(stack.manifest), "--json")
     assert code == 0, stderr
@@ -204,7 +135,7 @@ def test_second_up_is_a_no_op(stack: Stack):
     assert all(c["ok"] for c in doc["checks"])
 
 
-def test_a_manifest_edit_relaunches_exactly_that_model(stack: Stack):
+def test_a_manifest_edit_relaunches_exactly_that_model(stack: E2EStack):
     before = {m["uid"]: m for m in stack.state_json()["models"]}
     edited = stack.manifest.read_text().replace("name: bge-small-en-v1.5", "name: text2vec-base-multilingual")
     assert edited != stack.manifest.read_text()
@@ -222,7 +153,7 @@ def test_a_manifest_edit_relaunches_exactly_that_model(stack: Stack):
     assert all(c["ok"] for c in doc["checks"])
 
 
-def test_verify_catches_a_model_terminated_behind_our_back(stack: Stack):
+def test_verify_catches_a_model_terminated_behind_our_back(stack: E2EStack):
     assert requests.delete(f"{stack.base}/v1/models/e2e-rerank", headers=stack.admin_headers(), timeout=60).status_code == 200
     code, doc, _ = stack.run("verify", "--json")
     assert code == 1
@@ -233,7 +164,7 @@ def test_verify_catches_a_model_terminated_behind_our_back(stack: Stack):
     assert code == 1 and {m["uid"]: m["live"] for m in doc["models"]}["e2e-rerank"] == "not running"
 
 
-def test_down_leaves_nothing_running(stack: Stack):
+def test_down_leaves_nothing_running(stack: E2EStack):
     server = stack.state_json()["server"]
     pid, pgid = server["pid"], server["pgid"]
     assert pid_alive(pid) and group_members(pgid)

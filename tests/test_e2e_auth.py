@@ -12,124 +12,32 @@ from __future__ import annotations
 
 import json
 import stat
-import subprocess
 from pathlib import Path
 
 import pytest
 import requests
-from e2e_support import HAVE_SERVER, PROVISION, cli_env, free_port, group_members, mirror_process, pid_alive, port_free, tear_down
+from e2e_support import E2EStack, e2e_stack, tiny_embedding
+from support import group_members, pid_alive, port_free
 
 pytestmark = pytest.mark.e2e
 
 HIDDEN = "(hidden; --show-key to print)"
 
-MANIFEST = """\
-version: 1
-name: e2e-auth
-server:
-  host: 127.0.0.1
-  port: {port}
-  home: {home}
-  start_timeout: 300
-download:
-  hub: modelscope
-  endpoint: {mirror}
-  models_dir: {models}
-models:
-  - role: embedding
-    uid: auth-embed
-    name: bge-small-en-v1.5
-    source: tiny/minilm-embed
-    engine: sentence_transformers
-roles: {{chat: 0, rerank: 0, embedding: 1}}
-"""
-
-EXTERNAL = """\
-version: 1
-name: e2e-auth-external
-server:
-  endpoint: http://127.0.0.1:{port}
-  api_key_env: E2E_XINFERENCE_KEY
-  admin_password_env: E2E_XINFERENCE_ADMIN_PASSWORD
-download:
-  hub: modelscope
-  endpoint: {mirror}
-  models_dir: {models}
-models:
-  - role: embedding
-    uid: auth-embed-external
-    name: bge-small-en-v1.5
-    source: tiny/minilm-embed
-    engine: sentence_transformers
-roles: {{chat: 0, rerank: 0, embedding: 1}}
-"""
-
-
-class Run:
-    """One CLI run: exit code, the JSON document (with --json), and everything it printed."""
-
-    def __init__(self, code: int, doc: dict | None, stdout: str, stderr: str):
-        self.code, self.doc, self.stdout, self.stderr = code, doc, stdout, stderr
-
-
-class AuthStack:
-    def __init__(self, root: Path, env: dict, port: int, mirror: str):
-        self.root, self.env, self.port, self.mirror = root, env, port, mirror
-        self.base = f"http://127.0.0.1:{port}"
-        self.state = root / "state"
-        self.manifest = root / "stack.yml"
-        self.manifest.write_text(MANIFEST.format(port=port, home=root / "xinf-home", mirror=mirror, models=root / "models"))
-        self.printed: list[tuple[str, str]] = []  # (command, output) of every run that must not show a secret
-        self.pgids: set[int] = set()
-
-    def run(self, *args: str, state: Path | None = None, env: dict | None = None, timeout: float = 900,
-            may_show_secrets: bool = False) -> Run:
-        proc = subprocess.run(
-            [*PROVISION, "--state-dir", str(state or self.state), *args],
-            env=env or self.env, cwd=self.root, capture_output=True, text=True, timeout=timeout,
-        )
-        if not may_show_secrets:
-            self.printed.append((" ".join(args), proc.stdout + proc.stderr))
-        doc = None
-        if "--json" in args:
-            try:
-                doc = json.loads(proc.stdout)
-            except ValueError:
-                pytest.fail(f"`provision {' '.join(args)}` printed no JSON:\n{proc.stdout}\n{proc.stderr}")
-        server = self.state_json().get("server") if (self.state / "state.json").exists() else None
-        if server and server.get("pgid"):
-            self.pgids.add(server["pgid"])
-        return Run(proc.returncode, doc, proc.stdout, proc.stderr)
-
-    def state_json(self) -> dict:
-        return json.loads((self.state / "state.json").read_text())
-
-    def credentials(self) -> dict:
-        entries = json.loads((self.state / "credentials.json").read_text())["servers"]
-        assert list(entries) == [str(self.root / "xinf-home")]
-        return entries[str(self.root / "xinf-home")]
+ONLY_EMBEDDING = "roles: {chat: 0, rerank: 0, embedding: 1}\n"
 
 
 @pytest.fixture(scope="module")
 def stack(tmp_path_factory):
-    if not HAVE_SERVER:
-        pytest.skip("xinference is not installed (pip install -e '.[server]')")
-    root = tmp_path_factory.mktemp("e2e-auth")
-    env = cli_env(root, drop=("E2E_XINFERENCE_KEY", "E2E_XINFERENCE_ADMIN_PASSWORD"))
-    stack = None
-    try:
-        with mirror_process(env) as mirror_url:
-            stack = AuthStack(root, env, free_port(), mirror_url)
-            yield stack
-    finally:
-        tear_down([root / "state"], env, root, stack.pgids if stack else ())
+    with e2e_stack(tmp_path_factory, "e2e-auth", drop=("E2E_XINFERENCE_KEY", "E2E_XINFERENCE_ADMIN_PASSWORD")) as stack:
+        stack.manifest = stack.write_manifest(stack.manifest_text("e2e-auth", tiny_embedding("auth-embed"), tail=ONLY_EMBEDDING))
+        yield stack
 
 
 def _mode(path: Path) -> int:
     return stat.S_IMODE(path.stat().st_mode)
 
 
-def test_up_sets_up_authentication(stack: AuthStack):
+def test_up_sets_up_authentication(stack: E2EStack):
     run = stack.run("up", str(stack.manifest))  # the human output: progress lines on stderr, summary on stdout
     assert run.code == 0, f"up failed ({run.code}):\n{run.stderr}\n{run.stdout}"
     assert "first-run setup done" in run.stderr and "API key `provision-ragflow-" in run.stderr
@@ -139,6 +47,7 @@ def test_up_sets_up_authentication(stack: AuthStack):
     assert status["needs_setup"] is False
 
     credentials = stack.credentials()
+    assert list(json.loads((stack.state / "credentials.json").read_text())["servers"]) == [str(stack.home)]
     assert credentials["username"] == "admin" and len(credentials["password"]) >= 24
     assert credentials["api_key"].startswith("xf-")
     assert _mode(stack.state / "credentials.json") == 0o600
@@ -153,7 +62,7 @@ def test_up_sets_up_authentication(stack: AuthStack):
     assert state["models"][0]["status"] == "running"
 
 
-def test_the_key_is_required_and_works(stack: AuthStack):
+def test_the_key_is_required_and_works(stack: E2EStack):
     from openai import AuthenticationError, OpenAI
 
     key = stack.credentials()["api_key"]
@@ -170,7 +79,7 @@ def test_the_key_is_required_and_works(stack: AuthStack):
         OpenAI(base_url=base_url, api_key="x", max_retries=0).embeddings.create(model="auth-embed", input=["x"])
 
 
-def test_verify_status_and_ragflow_use_the_key(stack: AuthStack):
+def test_verify_status_and_ragflow_use_the_key(stack: E2EStack):
     run = stack.run("verify", "--json")
     assert run.code == 0 and [c["ok"] for c in run.doc["checks"]] == [True], run.stderr
     run = stack.run("status", "--json")
@@ -185,7 +94,7 @@ def test_verify_status_and_ragflow_use_the_key(stack: AuthStack):
     assert shown.code == 0 and stack.credentials()["api_key"] in shown.stdout
 
 
-def test_second_up_reuses_the_credentials(stack: AuthStack):
+def test_second_up_reuses_the_credentials(stack: E2EStack):
     before = stack.credentials()
     pid = stack.state_json()["server"]["pid"]
     run = stack.run("up", str(stack.manifest))
@@ -200,11 +109,13 @@ def test_second_up_reuses_the_credentials(stack: AuthStack):
     assert stack.credentials() == before
 
 
-def test_endpoint_with_secrets_from_the_environment(stack: AuthStack):
+def test_endpoint_with_secrets_from_the_environment(stack: E2EStack):
     """server.endpoint + api_key_env + admin_password_env: the same server, reached as a stranger would."""
     credentials = stack.credentials()
-    external = stack.root / "external.yml"
-    external.write_text(EXTERNAL.format(port=stack.port, mirror=stack.mirror, models=stack.root / "models"))
+    server = [f"endpoint: {stack.base}", "api_key_env: E2E_XINFERENCE_KEY",
+              "admin_password_env: E2E_XINFERENCE_ADMIN_PASSWORD"]
+    external = stack.write_manifest(stack.manifest_text("e2e-auth-external", tiny_embedding("auth-embed-external"),
+                                                   server=server, local=False, tail=ONLY_EMBEDDING), "external.yml")
     state = stack.root / "state-external"
 
     run = stack.run("up", str(external), "--json", state=state)  # the variables are not set
@@ -229,7 +140,7 @@ def test_endpoint_with_secrets_from_the_environment(stack: AuthStack):
     assert {m["id"] for m in live["data"]} == {"auth-embed"}  # ours is gone, the stack's own model is not
 
 
-def test_up_after_down_reuses_the_credentials(stack: AuthStack):
+def test_up_after_down_reuses_the_credentials(stack: E2EStack):
     before = stack.credentials()
     assert stack.run("down", "--json").code == 0
     run = stack.run("up", str(stack.manifest))
@@ -241,7 +152,7 @@ def test_up_after_down_reuses_the_credentials(stack: AuthStack):
     assert run.code == 0 and [c["ok"] for c in run.doc["checks"]] == [True]
 
 
-def test_down_leaves_nothing_running(stack: AuthStack):
+def test_down_leaves_nothing_running(stack: E2EStack):
     server = stack.state_json()["server"]
     pid, pgid = server["pid"], server["pgid"]
     run = stack.run("down", "--json")
@@ -249,7 +160,7 @@ def test_down_leaves_nothing_running(stack: AuthStack):
     assert not pid_alive(pid) and group_members(pgid) == [] and port_free(stack.port)
 
 
-def test_no_secret_was_ever_printed(stack: AuthStack):
+def test_no_secret_was_ever_printed(stack: E2EStack):
     credentials = stack.credentials()
     assert len(stack.printed) >= 10
     for command, output in stack.printed:

@@ -9,118 +9,48 @@ SIGKILLs, by the process groups the state recorded, whatever is still alive.
 
 from __future__ import annotations
 
-import json
-import time
 from pathlib import Path
 
 import pytest
-from e2e_support import (
-    HAVE_SERVER, PROVISION, cli_env, free_port, group_members, mirror_process, pid_alive, port_free, tear_down,
-)
+from e2e_support import E2EStack, e2e_stack, tiny_embedding
+from support import free_port, free_ports, group_members, pid_alive, port_free
 
 pytestmark = pytest.mark.e2e
 
-MANIFEST = """\
-version: 1
-name: e2e-cluster
-server:
-  mode: cluster
-  host: 127.0.0.1
-  port: {port}
-  supervisor_port: {supervisor_port}
-  worker_port: {worker_port}
-  workers: 2
-  home: {home}
-  start_timeout: 300
-download:
-  hub: modelscope
-  endpoint: {mirror}
-  models_dir: {models}
-models:
-  - role: embedding
-    uid: cl-embed
-    name: bge-small-en-v1.5
-    source: tiny/minilm-embed
-    engine: sentence_transformers
-    worker_ip: 127.0.0.1:{worker_port}
+RERANK = """\
   - role: rerank
     uid: cl-rerank
     name: bge-reranker-base
     source: tiny/rerank-bert
     engine: sentence_transformers
     worker_ip: {rerank_worker}
-roles: {{chat: 0}}
 """
-
-
-def consecutive_free_ports(count: int) -> int:
-    for _ in range(100):
-        first = free_port()
-        if all(port_free(first + i) for i in range(1, count)):
-            return first
-    raise AssertionError("no run of free ports")
-
-
-class Cluster:
-    def __init__(self, root: Path, env: dict, mirror: str):
-        self.root, self.env, self.mirror = root, env, mirror
-        self.port, self.supervisor_port = free_port(), free_port()
-        self.worker_port = consecutive_free_ports(2)
-        self.workers = [f"127.0.0.1:{self.worker_port}", f"127.0.0.1:{self.worker_port + 1}"]
-        self.state = root / "state"
-        self.manifest = self.write_manifest("stack.yml", self.workers[1])
-        self.timings: dict[str, float] = {}
-
-    def write_manifest(self, name: str, rerank_worker: str) -> Path:
-        path = self.root / name
-        path.write_text(MANIFEST.format(
-            port=self.port, supervisor_port=self.supervisor_port, worker_port=self.worker_port,
-            home=self.root / "xinf-home", mirror=self.mirror, models=self.root / "models", rerank_worker=rerank_worker))
-        return path
-
-    def run(self, *args: str, timeout: float = 900) -> tuple[int, dict | None, str]:
-        import subprocess
-
-        started = time.monotonic()
-        proc = subprocess.run([*PROVISION, "--state-dir", str(self.state), *args], env=self.env, cwd=self.root,
-                              capture_output=True, text=True, timeout=timeout)
-        name = " ".join(a for a in args if not a.startswith("/"))
-        while name in self.timings:
-            name += " (again)"
-        self.timings[name] = time.monotonic() - started
-        doc = None
-        if "--json" in args:
-            try:
-                doc = json.loads(proc.stdout)
-            except ValueError:
-                pytest.fail(f"`provision {' '.join(args)}` printed no JSON:\n{proc.stdout}\n{proc.stderr}")
-        return proc.returncode, doc, proc.stdout + proc.stderr
-
-    def server(self) -> dict:
-        return json.loads((self.state / "state.json").read_text())["server"]
 
 
 @pytest.fixture(scope="module")
 def stack(tmp_path_factory):
-    if not HAVE_SERVER:
-        pytest.skip("xinference is not installed (pip install -e '.[server]')")
-    root = tmp_path_factory.mktemp("e2e-cluster")
-    env = cli_env(root)
-    try:
-        with mirror_process(env) as mirror_url:
-            cluster = Cluster(root, env, mirror_url)
-            yield cluster
-            print("\ncluster e2e timings (s): " + ", ".join(f"{k} {v:.1f}" for k, v in cluster.timings.items()))
-    finally:
-        tear_down([root / "state"], env, root)
+    with e2e_stack(tmp_path_factory, "e2e-cluster") as stack:
+        stack.supervisor_port, stack.worker_port = free_port(), free_ports(2)
+        stack.workers = [f"127.0.0.1:{stack.worker_port}", f"127.0.0.1:{stack.worker_port + 1}"]
+        stack.manifest = cluster_manifest(stack, "stack.yml", stack.workers[1])
+        yield stack
+        print("\ncluster e2e timings (s): " + ", ".join(f"{k} {v:.1f}" for k, v in stack.timings.items()))
 
 
-def test_up_starts_a_supervisor_and_two_workers_and_places_the_models(stack: Cluster):
+def cluster_manifest(stack: E2EStack, name: str, rerank_worker: str) -> Path:
+    server = ["mode: cluster", f"supervisor_port: {stack.supervisor_port}", f"worker_port: {stack.worker_port}",
+              "workers: 2"]
+    models = tiny_embedding("cl-embed", f"worker_ip: 127.0.0.1:{stack.worker_port}") + RERANK.format(
+        rerank_worker=rerank_worker)
+    return stack.write_manifest(stack.manifest_text("e2e-cluster", models, server=server, tail="roles: {chat: 0}\n"), name)
+
+
+def test_up_starts_a_supervisor_and_two_workers_and_places_the_models(stack: E2EStack):
     code, doc, output = stack.run("up", str(stack.manifest), "--json")
     assert code == 0, f"up failed ({code}):\n{output[-6000:]}"
     assert doc["plan"]["server"] == "start" and ", ".join(stack.workers) in doc["plan"]["server_reason"]
     assert {m["uid"]: m["status"] for m in doc["models"]} == {"cl-embed": "running", "cl-rerank": "running"}
-    assert {m["uid"]: m["spec"]["worker_ip"] for m in doc["models"]} == {"cl-embed": stack.workers[0],
+    assert {m["uid"]: m["payload"]["worker_ip"] for m in doc["models"]} == {"cl-embed": stack.workers[0],
                                                                          "cl-rerank": stack.workers[1]}
     assert all(c["ok"] for c in doc["checks"]) and len(doc["checks"]) == 2
     server = doc["server"]
@@ -134,7 +64,7 @@ def test_up_starts_a_supervisor_and_two_workers_and_places_the_models(stack: Clu
     stack.timings.update({f"up.{k}": v for k, v in doc["timings"].items()})
 
 
-def test_each_model_process_runs_under_its_worker(stack: Cluster):
+def test_each_model_process_runs_under_its_worker(stack: E2EStack):
     workers = stack.server()["workers"]
     for worker, uid in zip(workers, ("cl-embed", "cl-rerank")):
         titles = [Path(f"/proc/{pid}/cmdline").read_bytes().replace(b"\0", b" ").decode(errors="replace")
@@ -142,7 +72,7 @@ def test_each_model_process_runs_under_its_worker(stack: Cluster):
         assert any(uid in title for title in titles), f"no process of {uid} in {worker['address']}'s group: {titles}"
 
 
-def test_status_shows_the_processes_and_where_each_model_runs(stack: Cluster):
+def test_status_shows_the_processes_and_where_each_model_runs(stack: E2EStack):
     code, doc, output = stack.run("status", "--json")
     assert code == 0, output
     assert [(p["role"], p["alive"]) for p in doc["processes"]] == [
@@ -156,7 +86,7 @@ def test_status_shows_the_processes_and_where_each_model_runs(stack: Cluster):
     assert rows == {"cl-embed": stack.workers[0], "cl-rerank": stack.workers[1]}
 
 
-def test_verify_and_a_second_up_reuse_the_cluster(stack: Cluster):
+def test_verify_and_a_second_up_reuse_the_cluster(stack: E2EStack):
     code, doc, output = stack.run("verify", "--json")
     assert code == 0 and all(c["ok"] for c in doc["checks"]), output
     pids = [p["pid"] for p in (stack.server(), *stack.server()["workers"])]
@@ -167,9 +97,9 @@ def test_verify_and_a_second_up_reuse_the_cluster(stack: Cluster):
     assert [p["pid"] for p in (doc["server"], *doc["server"]["workers"])] == pids
 
 
-def test_the_plan_rejects_a_worker_ip_that_is_not_in_the_cluster(stack: Cluster):
+def test_the_plan_rejects_a_worker_ip_that_is_not_in_the_cluster(stack: E2EStack):
     stranger = f"127.0.0.1:{free_port()}"
-    other = stack.write_manifest("elsewhere.yml", stranger)
+    other = cluster_manifest(stack, "elsewhere.yml", stranger)
     code, doc, output = stack.run("plan", str(other), "--json")
     assert code == 0, output
     assert doc["plan"]["server"] == "reuse"
@@ -181,7 +111,7 @@ def test_the_plan_rejects_a_worker_ip_that_is_not_in_the_cluster(stack: Cluster)
     assert all(w in candidate["skip_reason"] for w in stack.workers)
 
 
-def test_down_stops_all_three_processes(stack: Cluster):
+def test_down_stops_all_three_processes(stack: E2EStack):
     server = stack.server()
     processes = [server, *server["workers"]]
     code, doc, output = stack.run("down", "--json")

@@ -16,14 +16,14 @@ import requests
 import responses
 from responses import matchers
 
+from provision import retry
 from provision.errors import HubError
+from provision.engines import DEFAULT_GPU_MEMORY_UTILIZATION
 from provision.launch import (
-    DEFAULT_GPU_MEMORY_UTILIZATION,
     FailureKind,
     LaunchEvent,
     launch_chain,
     launch_payload,
-    render_attempts,
     summarize_failure,
 )
 from provision.manifest import parse
@@ -91,7 +91,7 @@ def rerank(manifest):
 @pytest.fixture(autouse=True)
 def no_retry_backoff(monkeypatch):
     # The client retries GETs that reach no server with tenacity back-offs; make them instant.
-    monkeypatch.setattr(XinferenceClient._get_retrying.retry, "sleep", lambda seconds: None)
+    monkeypatch.setattr(retry, "BACKOFF_S", 0)
 
 
 class FakeClock:
@@ -393,14 +393,6 @@ def test_summary_cuts_merges_and_says_and_n_more():
     assert "fallback 1 bge-m3 on vllm, fallback 7 bge-m3 on vllm:" in text
     assert lines[-1] == "  and 2 more"
     assert len(lines) == 2 + 5 + 1
-
-
-def test_render_attempts_aligns_columns():
-    rows = render_attempts([attempt("primary", "oom", "CUDA out of memory"),
-                            attempt("fallback 1", "", "", outcome="ready", engine="sentence_transformers")])
-    assert rows[0].startswith("primary     bge-m3  vllm                   failed  1.2s  out of memory: CUDA")
-    assert rows[1].startswith("fallback 1  bge-m3  sentence_transformers  ready   1.2s")
-    assert render_attempts([]) == []
 
 
 @responses.activate

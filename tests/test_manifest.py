@@ -424,7 +424,7 @@ def test_fallbacks_inherit_from_the_entry_above(chain):
         assert getattr(same_model_on_cpu, inherited) == getattr(primary, inherited), inherited
     assert (other_model.name, other_model.size_in_billions, other_model.n_gpu) == ("Qwen3-Instruct", 4, 1)
     assert other_model.engine == "Transformers" and other_model.uid == "chat"
-    assert [c.path for c in chain.candidates(2)] == ["models[2]", "models[2].fallbacks[0]", "models[2].fallbacks[1]"]
+    assert [c.field_path for c in chain.candidates(2)] == ["models[2]", "models[2].fallbacks[0]", "models[2].fallbacks[1]"]
     assert [c.label for c in chain.candidates(2)] == ["primary", "fallback 1", "fallback 2"]
 
 

@@ -140,7 +140,7 @@ def test_allow_pattern_with_a_folder_uses_root(mirror, tmp_path):
 
 
 def test_listing_shape_and_sha256_is_computed_once(mirror, monkeypatch):
-    from provision import mirror as mirror_mod
+    from provision.mirror import files as mirror_mod
 
     calls = []
     real = mirror_mod.hashlib.file_digest

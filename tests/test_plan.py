@@ -12,16 +12,17 @@ from pathlib import Path
 
 import responses
 
-from provision import apply, hub
 from provision import observe as observe_module
+from provision import retry
+from provision.apply.models import launchable
+from provision.commands.plan import plan as plan_only
+from provision.download.hub import RepoFile
 from provision.gpu import GiB, ClusterInfoSource, Gpu, StaticSource
-from provision.hub import RepoFile
 from provision.manifest import parse
-from provision.observe import observe
 from provision.mirror import MirrorServer
-from provision.plan import (
-    KEEP, LAUNCH, RELAUNCH, TERMINATE, Observed, chain_key, launchable, make_plan, weight_bytes,
-)
+from provision.modelfiles import weight_bytes
+from provision.observe import Observed, observe
+from provision.plan import KEEP, LAUNCH, RELAUNCH, TERMINATE, chain_key, make_plan
 from provision.render import plan_lines
 from provision.state import ModelRecord, ServerRecord, State, StateDir
 from provision.xinference import XinferenceClient
@@ -444,14 +445,13 @@ def test_plan_only_reads_sizes_from_the_hub_listing(tmp_path, monkeypatch):
     root.mkdir(parents=True)
     (root / "config.json").write_bytes(b"{}")
     (root / "model.safetensors").write_bytes(b"\0" * 3 * 1024 * 1024)
-    monkeypatch.setattr(hub, "LISTING_BACKOFF_S", 0)
     monkeypatch.setattr(observe_module, "NvmlSource", lambda visible: StaticSource(one_gpu(free_gib=1)))
     with MirrorServer(tmp_path / "mirror").start() as mirror:
         text = (f"version: 1\nname: t\ndownload:\n  endpoint: {mirror.url}\nmodels:\n"
                 + chat().replace("Qwen/Qwen3-4B-Instruct-2507", "acme/tiny-chat")
                 + "roles: {chat: 1, embedding: 0, rerank: 0}\n")
         (tmp_path / "m.yml").write_text(text)
-        plan = apply.plan_only(str(tmp_path / "m.yml"), StateDir(tmp_path / ".provision"))
+        plan = plan_only(str(tmp_path / "m.yml"), StateDir(tmp_path / ".provision"))
     primary = plan.step("chat").candidates[0]
     assert primary.bytes_to_fetch == 3 * 1024 * 1024 + 2
     assert primary.weights == f"download acme/tiny-chat from {mirror.url} (3.0 MiB)"
@@ -460,12 +460,11 @@ def test_plan_only_reads_sizes_from_the_hub_listing(tmp_path, monkeypatch):
 
 
 def test_plan_only_records_an_unreachable_hub_as_unknown(tmp_path, monkeypatch):
-    monkeypatch.setattr(hub, "LISTING_BACKOFF_S", 0)
-    monkeypatch.setattr(hub, "LISTING_ATTEMPTS", 1)
+    monkeypatch.setattr(retry, "ATTEMPTS", 1)
     text = ("version: 1\nname: t\ndownload:\n  endpoint: http://127.0.0.1:9\nmodels:\n" + chat()
             + "roles: {chat: 1, embedding: 0, rerank: 0}\n")
     (tmp_path / "m.yml").write_text(text)
-    plan = apply.plan_only(str(tmp_path / "m.yml"), StateDir(tmp_path / ".provision"))
+    plan = plan_only(str(tmp_path / "m.yml"), StateDir(tmp_path / ".provision"))
     primary = plan.step("chat").candidates[0]
     assert primary.bytes_to_fetch is None
     assert primary.weights.endswith("(size unknown: cannot reach http://127.0.0.1:9)")

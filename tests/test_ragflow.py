@@ -9,7 +9,7 @@ import pytest
 import yaml
 
 from provision.errors import StateError
-from provision.ragflow import (
+from provision.ragflow.config import (
     base_url,
     base_url_of,
     build_provider,
@@ -42,7 +42,7 @@ def make_state(host: str = "0.0.0.0", port: int = 9997, docker: bool = False) ->
 
 @pytest.mark.parametrize("host, expected", [
     ("0.0.0.0", "http://127.0.0.1:9997/v1"),
-    ("::", "http://127.0.0.1:9997/v1"),
+    ("::", "http://[::1]:9997/v1"),  # as for every client of a :: server (netaddr.connect_host)
     ("", "http://127.0.0.1:9997/v1"),
     ("127.0.0.1", "http://127.0.0.1:9997/v1"),
     ("10.1.2.3", "http://10.1.2.3:9997/v1"),

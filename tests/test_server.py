@@ -9,7 +9,6 @@ from __future__ import annotations
 
 import copy
 import os
-import signal
 import socket
 import subprocess
 import sys
@@ -18,26 +17,15 @@ from pathlib import Path
 
 import pytest
 
-from provision import server
 from provision.errors import ServerError
 from provision.manifest import ServerSpec
-from provision.server import (
-    build_env,
-    check_port,
-    exposure_warning,
-    find_executable,
-    is_same_process,
-    log_tail,
-    pid_alive,
-    port_in_use,
-    read_cmdline,
-    server_alive,
-    start_server,
-    start_ticks,
-    stop_server,
-    url_for,
-)
+from provision.runtime import procs, server
+from provision.runtime.logs import log_tail
+from provision.runtime.ports import check_port, port_in_use
+from provision.runtime.procs import is_same_process
+from provision.runtime.server import build_env, find_executable, server_alive, start_server, stop_server
 from provision.state import ServerRecord
+from support import cmdline, free_port, pid_alive
 
 HEADER = """\
 #!{python}
@@ -76,24 +64,6 @@ class Handler(http.server.BaseHTTPRequestHandler):
 print("Application startup complete.")
 http.server.HTTPServer((host, port), Handler).serve_forever()
 """
-
-
-def free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return sock.getsockname()[1]
-
-
-@pytest.fixture()
-def reaper(tmp_path: Path):
-    """Yield the stand-ins' folder; afterwards kill, by PID, whatever they left running."""
-    yield tmp_path
-    pids_file = tmp_path / "pids"
-    pids = [int(p) for p in pids_file.read_text().split()] if pids_file.exists() else []
-    leftovers = [p for p in pids if pid_alive(p) and str(tmp_path) in " ".join(read_cmdline(p) or [])]
-    for pid in leftovers:
-        os.kill(pid, signal.SIGKILL)
-    assert not leftovers, f"processes left running: {leftovers}"
 
 
 @pytest.fixture()
@@ -187,7 +157,7 @@ def test_start_identity_and_stop(standin, reaper: Path, with_child: bool):
     assert record.managed and record.url == f"http://127.0.0.1:{spec.port}"
     assert record.pid == started_pids(reaper)[0] and record.pgid == record.pid
     assert record.cmdline[-4:] == ["--host", "127.0.0.1", "--port", str(spec.port)] and str(exe) in record.cmdline
-    assert record.start_ticks == start_ticks(record.pid) and record.pgid == os.getpgid(record.pid)
+    assert record.create_time == procs.identity(record.pid)[1] and record.pgid == os.getpgid(record.pid)
     assert record.log == str(reaper / "server.log") and record.home == str(reaper / "home")
     assert seen and all(b >= a for a, b in zip(seen, seen[1:]))
     assert early == [record]  # handed over before it answered, already fully identified
@@ -214,16 +184,19 @@ def test_start_identity_and_stop(standin, reaper: Path, with_child: bool):
 def test_identity_mismatch_and_dead_pid_are_left_alone():
     sleeper = subprocess.Popen(["sleep", "30"], start_new_session=True)
     try:
-        while not read_cmdline(sleeper.pid):  # Popen can return while exec is still setting up the args
+        while not cmdline(sleeper.pid):  # Popen can return while exec is still setting up the args
             time.sleep(0.01)
         record = ServerRecord(
             url="http://127.0.0.1:9", managed=True, pid=sleeper.pid, pgid=sleeper.pid,
-            cmdline=read_cmdline(sleeper.pid), start_ticks=start_ticks(sleeper.pid),
+            cmdline=cmdline(sleeper.pid), create_time=procs.identity(sleeper.pid)[1],
         )
         assert record.cmdline == ["sleep", "30"] and is_same_process(record)
+        ticks = int(Path(f"/proc/{sleeper.pid}/stat").read_text().rsplit(")", 1)[1].split()[19])
+        written_by_0_1 = ServerRecord(**{**record.__dict__, "create_time": None, "start_ticks": ticks})
+        assert is_same_process(written_by_0_1)  # a state written before create_time was recorded
 
         other_cmdline = ServerRecord(**{**record.__dict__, "cmdline": ["sleep", "31"]})
-        other_start = ServerRecord(**{**record.__dict__, "start_ticks": record.start_ticks - 1})
+        other_start = ServerRecord(**{**record.__dict__, "create_time": record.create_time - 1})
         for stranger in (other_cmdline, other_start):
             assert not is_same_process(stranger)
             assert stop_server(stranger) == f"pid {sleeper.pid} is now another program: left alone"
@@ -281,16 +254,6 @@ def test_build_env(tmp_path: Path):
     assert env["XINFERENCE_ENABLE_VIRTUAL_ENV"] == "1" and env["XINFERENCE_AUTH_ADVANCED"] == "0"
     assert build_env(ServerSpec(), tmp_path, base={"XINFERENCE_AUTH_ADVANCED": "0"})["XINFERENCE_AUTH_ADVANCED"] == "1"
     assert "XINFERENCE_MODEL_SRC" not in env
-
-
-def test_exposure_warning_and_urls():
-    for host in ("127.0.0.1", "localhost", "::1"):
-        assert exposure_warning(host, 9997) is None
-    warning = exposure_warning("0.0.0.0", 9997)
-    assert warning and "0.0.0.0:9997" in warning and "launch and delete models" in warning
-    assert url_for("0.0.0.0", 80) == "http://127.0.0.1:80"
-    assert url_for("::", 80) == "http://[::1]:80"
-    assert url_for("10.0.0.5", 80) == "http://10.0.0.5:80"
 
 
 def test_missing_executable_names_the_server_extra(tmp_path: Path, monkeypatch: pytest.MonkeyPatch):

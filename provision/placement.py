@@ -1,4 +1,5 @@
-"""A cluster's workers: which ones the supervisor lists, and whether a model's worker_ip names one. Pure.
+"""Placement on a cluster's workers: which workers the supervisor lists, whether a model's worker_ip names
+one, and whether a GPU is on the worker a model asks for. Pure.
 
 Xinference names a worker by the address its actor pool listens on, `host:port`. A launch's `worker_ip`
 is a comma-separated list whose entries are either such an address (that very worker) or a bare host
@@ -43,3 +44,10 @@ def worker_ip_problem(worker_ip: str | None, workers: list[str] | None) -> str |
         return None
     verb = "is" if len(missing) == 1 else "are"
     return f"worker {', '.join(missing)} {verb} not in the cluster (workers: {', '.join(workers) or 'none'})"
+
+
+def same_worker(address: str | None, worker_ip: str) -> bool:
+    """Whether a GPU reported for worker `address` (None: this machine) may take a model placed on `worker_ip`."""
+    if address is None:
+        return True
+    return address == worker_ip or address.split(":")[0] == worker_ip.split(":")[0]

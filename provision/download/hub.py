@@ -1,24 +1,23 @@
 """ModelScope hub access without the hub client: the file listing (paths, sizes, sha256) over plain HTTP.
 
 The listing is cheap (one JSON request) and tells us what a complete model folder looks like before
-the heavy `modelscope` client is imported: download.py uses it to skip unchanged folders, to check
+the heavy `modelscope` client is imported: fetch.py uses it to skip unchanged folders, to check
 free disk space, and as the total for progress. Errors are left as `requests` exceptions; the caller,
 which knows which model it is, turns them into `HubError`s.
 """
 
 from __future__ import annotations
 
-import time
 from dataclasses import dataclass
 from typing import Mapping
 from urllib.parse import quote
 
 import requests
 
+from .. import retry
+
 DEFAULT_ENDPOINT = "https://modelscope.cn"  # the client's own default (modelscope_hub.constants)
 LISTING_TIMEOUT = (10, 30)  # (connect, read) seconds
-LISTING_ATTEMPTS = 3  # transient failures only: connection errors, timeouts, 5xx, 429
-LISTING_BACKOFF_S = 1.0  # 1 s, 2 s, ... between attempts; tests set 0
 
 
 @dataclass(frozen=True)
@@ -63,19 +62,11 @@ def list_model_files(
     url = f"{normalize_endpoint(endpoint or DEFAULT_ENDPOINT)}/api/v1/models/{quote(owner)}/{quote(name)}/repo/files"
     params = {"Revision": revision or "master", "Recursive": "True"}
     headers = {"Content-Type": "application/json", **auth_headers(token)}
-    for attempt in range(1, LISTING_ATTEMPTS + 1):
-        transient = attempt < LISTING_ATTEMPTS
-        try:
+    for attempt in retry.policy(retry.no_answer_or_busy):  # transient failures only: no answer, 5xx, 429
+        with attempt:
             response = requests.get(url, params=params, headers=headers, timeout=LISTING_TIMEOUT)
-        except (requests.ConnectionError, requests.Timeout):
-            if not transient:
-                raise
-        else:
-            if not (transient and (response.status_code >= 500 or response.status_code == 429)):
-                response.raise_for_status()
-                return _parse_listing(response.json())
-        time.sleep(LISTING_BACKOFF_S * 2 ** (attempt - 1))
-    raise AssertionError("unreachable")  # the last attempt always returns or raises
+            response.raise_for_status()
+    return _parse_listing(response.json())
 
 
 def _parse_listing(body: object) -> list[RepoFile]:

@@ -17,15 +17,15 @@ service_conf.yaml's `user_default_llm` is NOT enough on its own for Xinference (
 
 from __future__ import annotations
 
-import ipaddress
 import json
 from pathlib import Path
 from urllib.parse import urlsplit
 
 import yaml
 
-from .errors import StateError
-from .state import ModelRecord, State, StateDir, write_atomic
+from .. import netaddr
+from ..errors import StateError
+from ..state import ModelRecord, State, StateDir, write_atomic
 
 PROVIDER = "Xinference"
 DEFAULT_DOCKER_HOST = "host.docker.internal"  # RAGFlow's docker-compose maps it to the host (host-gateway)
@@ -34,22 +34,14 @@ DEFAULT_MAX_TOKENS = {"chat": 8192, "embedding": 512, "rerank": 512}
 NO_KEY = "x"  # RAGFlow's own "no key" placeholder: its rerank client then sends no Authorization header
 HIDDEN_KEY = "(hidden; --show-key to print)"  # what is shown instead of a key: only provider.json holds it
 
-_WILDCARDS = {"", "0.0.0.0", "::", "[::]"}
-
 
 # -- URLs ---------------------------------------------------------------------------------------------
 
 
 def base_url(host: str, port: int, *, scheme: str = "http") -> str:
-    """The Base URL a client on this machine uses: http://HOST:PORT/v1, never with a trailing slash.
-
-    A server bound to a wildcard (0.0.0.0, ::) listens everywhere, but that is not an address to
-    connect to: a local client uses loopback, 127.0.0.1 (a `::` socket on Linux also accepts IPv4 unless
-    net.ipv6.bindv6only is set). Other hosts are kept as given; IPv6 literals get brackets.
-    """
-    if host in _WILDCARDS:
-        host = "127.0.0.1"
-    return f"{scheme}://{_bracket(host)}:{port}/v1"
+    """The Base URL a client on this machine uses: http://HOST:PORT/v1, never with a trailing slash (a
+    wildcard listen address through loopback, netaddr.connect_host)."""
+    return netaddr.url_for(host, port, scheme, "/v1")
 
 
 def docker_base_url(host: str, port: int, docker_host: str = DEFAULT_DOCKER_HOST, *, scheme: str = "http") -> str:
@@ -58,22 +50,9 @@ def docker_base_url(host: str, port: int, docker_host: str = DEFAULT_DOCKER_HOST
     Inside a container, 127.0.0.1 is the container itself, so a server on this machine (wildcard or
     loopback bind) is reached through `docker_host`. A server on another address is reached directly.
     """
-    if host in _WILDCARDS or is_loopback(host):
+    if netaddr.is_wildcard(host) or netaddr.is_loopback(host):
         host = docker_host
-    return f"{scheme}://{_bracket(host)}:{port}/v1"
-
-
-def is_loopback(host: str) -> bool:
-    if host.strip("[]").lower() == "localhost":
-        return True
-    try:
-        return ipaddress.ip_address(host.strip("[]")).is_loopback
-    except ValueError:
-        return False
-
-
-def _bracket(host: str) -> str:
-    return f"[{host}]" if ":" in host and not host.startswith("[") else host
+    return netaddr.url_for(host, port, scheme, "/v1")
 
 
 def base_url_of(state: State) -> str:
@@ -102,7 +81,7 @@ def build_provider(state: State, api_key: str | None = None) -> dict:
     docker_host = state.docker_host or DEFAULT_DOCKER_HOST
     running = [m for m in state.models if m.status == "running"]
     warnings = []
-    if state.ragflow_docker and is_loopback(host):
+    if state.ragflow_docker and netaddr.is_loopback(host):
         warnings.append(
             f"Xinference listens on {host} only: RAGFlow in Docker cannot reach it through {docker_host}; "
             "start it with host 0.0.0.0 (and open the port in the firewall)")

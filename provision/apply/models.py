@@ -1,0 +1,198 @@
+"""`up`'s per-model stage: fetch the first candidate's weights while the server starts, then walk the
+model's fallback chain as soon as the server answers, and record the outcome."""
+
+from __future__ import annotations
+
+import threading
+import time
+from dataclasses import dataclass, replace
+from pathlib import Path
+from typing import Any
+
+from .. import download, launch
+from ..download import DownloadProgress
+from ..errors import ProvisionError
+from ..manifest import Candidate
+from ..plan import RELAUNCH, ModelStep, Plan
+from ..report import human_bytes, seconds
+from ..runtime.logs import log_tail
+from ..state import AttemptRecord, ModelRecord
+from ..xinference import XinferenceClient
+from .run import UpRun
+
+
+@dataclass
+class Launchable:
+    """The candidates `up` tries, in chain order, and the ones the plan skipped as attempt records."""
+
+    candidates: list[Candidate]
+    skipped: list[AttemptRecord]
+    total: int  # the chain's length
+
+    def attempts(self, tried: list[AttemptRecord]) -> list[AttemptRecord]:
+        """The skipped and the tried attempts together, in chain order."""
+        order = {label: i for i, label in enumerate(["primary"] + [f"fallback {n}" for n in range(1, self.total)])}
+        return sorted(self.skipped + list(tried), key=lambda a: order.get(a.candidate, self.total))
+
+
+def launchable(step: ModelStep, candidates: list[Candidate]) -> Launchable:
+    """What `up` tries for a model: `auto` resolved, the plan's placement sent, skipped candidates left out.
+
+    Pure: reads only the step the plan made from the same candidates.
+    """
+    tried, skipped = [], []
+    for candidate, cs in zip(candidates, step.candidates):
+        if cs.skip_reason:
+            skipped.append(AttemptRecord(candidate=candidate.label, name=candidate.name, engine=candidate.engine,
+                                         outcome="skipped", reason=cs.skip_reason, kind=cs.skip_kind or ""))
+            continue
+        changes: dict[str, Any] = {}
+        if candidate.is_vllm and candidate.gpu_memory_utilization == "auto":
+            changes["gpu_memory_utilization"] = cs.gpu_memory_utilization or candidate.gpu_share()[0]
+        if cs.placed_by_plan and cs.gpu_idx is not None:
+            changes["gpu_idx"] = cs.gpu_idx
+            if cs.worker_ip:
+                changes["worker_ip"] = cs.worker_ip
+        tried.append(replace(candidate, **changes) if changes else candidate)
+    return Launchable(tried, skipped, len(candidates))
+
+
+def bring_up(run: UpRun, plan: Plan, index: int, launch_slots: threading.Semaphore) -> None:
+    """One model: fetch the primary's weights, wait for the server, walk the fallback chain."""
+    manifest, console = run.manifest, run.console
+    step = plan.steps[index]
+    every_candidate = manifest.candidates(index)
+    # The plan already ruled some candidates out (no GPU, does not fit, engine not usable): they are
+    # recorded as skipped attempts, with the plan's numbers, and never fetched or launched.
+    chosen = launchable(step, every_candidate)
+    for skipped in chosen.skipped:
+        console.line(f"[launch] {step.role} {step.uid}: {skipped.candidate} {skipped.name} on {skipped.engine}: skipped: {skipped.reason}")
+    if not chosen.candidates:
+        run.put_model(ModelRecord(
+            role=step.role, uid=step.uid, model_type=every_candidate[0].model_type, status="failed",
+            chain_key=step.chain_key, attempts=chosen.skipped,
+            error=launch.summarize_failure(step.uid, chosen.skipped, len(every_candidate)),
+        ))
+        return
+    candidates = chosen.candidates
+    folders: dict[tuple, Path | ProvisionError] = {}
+
+    def resolve(candidate: Candidate) -> Path | None:
+        # Weights are fetched once per folder (fallbacks often share the primary's), and only when the
+        # chain reaches a candidate that needs them.
+        key = (candidate.folder, candidate.source, candidate.revision)
+        if key not in folders:
+            folders[key] = _fetch(run, candidate)
+        found = folders[key]
+        if isinstance(found, ProvisionError):
+            raise found
+        return found
+
+    # The primary's weights are fetched while the server starts; its errors surface in the chain.
+    started = time.monotonic()
+    try:
+        resolve(candidates[0])
+    except ProvisionError:
+        pass
+    run.add_span("download", started)
+    run.server_ready.wait()
+    if run.server_error is not None:
+        return
+    with launch_slots:
+        if step.action == RELAUNCH:
+            console.line(f"[launch] {step.uid}: terminating the running instance ({step.reason})")
+            run.client.terminate(step.uid)
+        started = time.monotonic()
+        logs = _server_logs(run)
+        result = launch.launch_chain(
+            run.client,
+            candidates,
+            resolve_path=resolve,
+            log_tail=lambda: "\n".join(log_tail(log, 60) for log in logs if log.exists()),
+            on_event=lambda event: _show_launch(console, step, event),
+        )
+        run.add_span("launch", started)
+    winner = result.winner
+    attempts = chosen.attempts(result.attempts)
+    record = ModelRecord(
+        role=step.role,
+        uid=step.uid,
+        model_type=every_candidate[0].model_type,
+        status="running" if winner else "failed",
+        candidate=winner.label if winner else None,
+        name=winner.name if winner else None,
+        engine=winner.engine if winner else None,
+        payload=result.payload or {},
+        chain_key=step.chain_key,
+        folder=str(winner.folder) if winner and winner.folder else None,
+        attempts=attempts,
+        error=None if winner else launch.summarize_failure(step.uid, attempts, len(every_candidate)),
+        launched_at=time.time(),
+        ready_seconds=result.ready_seconds,
+    )
+    if winner:
+        _read_model_facts(run.client, record)
+    run.put_model(record)
+
+
+def _show_launch(console, step: ModelStep, event: launch.LaunchEvent) -> None:
+    """Progress of a launch on the model's own live line; everything else as an event line."""
+    text = f"[launch] {step.role} {step.uid}: {event}"
+    if event.kind == "progress":
+        console.progress(step.uid, text)
+    else:
+        console.done(step.uid)
+        console.line(text)
+
+
+def _server_logs(run: UpRun) -> list[Path]:
+    """Where a failed launch's real cause is logged: the server, and in a cluster the workers, which load
+    the models."""
+    record = run.state.server
+    logs = [run.state_dir.logs / "server.log"]
+    if record is not None:
+        logs += [Path(worker.log) for worker in record.workers if worker.log]
+    return logs
+
+
+def _fetch(run: UpRun, candidate: Candidate) -> Path | ProvisionError:
+    console = run.console
+    try:
+        result = download.download_model(
+            candidate,
+            run.manifest.download,
+            progress=lambda event: console.progress(candidate.uid, f"[download] {_progress_text(event)}"),
+        )
+        console.done(candidate.uid)
+        if candidate.downloadable:
+            what = "up to date" if result.files_fetched == 0 else (
+                f"{result.files_fetched} files, {human_bytes(result.bytes_fetched)}"
+            )
+            console.line(f"[download] {candidate.uid} ({candidate.source}): {what} in {seconds(result.seconds)}")
+        return result.folder
+    except ProvisionError as exc:
+        console.done(candidate.uid)
+        console.line(f"[download] {candidate.uid} ({candidate.source}): FAILED {exc.message}")
+        return exc
+
+
+def _progress_text(event: DownloadProgress) -> str:
+    if event.state == "listing":
+        return f"{event.uid}: listing files"
+    if event.bytes_total:
+        share = 100 * event.bytes_done / event.bytes_total
+        amount = f"{share:.0f}% of {human_bytes(event.bytes_total)}"
+    else:
+        amount = human_bytes(event.bytes_done)
+    return f"{event.uid}: {event.state} {amount} {event.message}".rstrip()
+
+
+def _read_model_facts(client: XinferenceClient, record: ModelRecord) -> None:
+    """Context length / dimensions as Xinference reports them: RAGFlow's max tokens come from here."""
+    try:
+        described = client.describe(record.uid) or {}
+    except ProvisionError:
+        return
+    record.context_length = described.get("context_length") or described.get("max_tokens")
+    record.dimensions = described.get("dimensions")
+

@@ -1,0 +1,92 @@
+"""`up`'s serve stage: start the server (local, or a supervisor and workers), reuse it, or reach the one
+server.endpoint names; then its authentication and the clients the other stages use."""
+
+from __future__ import annotations
+
+import time
+
+from .. import auth
+from ..errors import ProvisionError, ServerError
+from ..plan import Plan
+from ..report import seconds
+from ..runtime import cluster, server
+from ..state import ServerRecord
+from ..xinference import XinferenceClient
+from .run import UpRun
+
+
+def serve(run: UpRun, plan: Plan) -> None:
+    """Start (or reuse) the server; the launch threads wait on run.server_ready."""
+    manifest, console = run.manifest, run.console
+    started = time.monotonic()
+    try:
+        if plan.server == "restart":
+            previous = run.previous_server
+            console.line(f"[server] stopping the earlier server at {previous.url}: {server.stop_server(previous)}")
+        spec = manifest.server
+        if plan.server in ("start", "restart") and spec.mode == "cluster":
+            console.line(f"[server] starting xinference-supervisor on {spec.host}:{spec.port} and {spec.workers} "
+                         f"worker{'s' if spec.workers != 1 else ''} ({', '.join(spec.worker_addresses)})")
+            run.state_dir.ensure()
+            record = cluster.start_cluster(
+                spec,
+                home=manifest.server_home,
+                logs=run.state_dir.logs,
+                hub=manifest.download.hub,
+                on_event=lambda text: console.line(f"[server] {text}"),
+                on_started=lambda rec: run.record_server(rec),
+                on_progress=lambda waited: console.progress("server", f"[server] waiting for the API ({waited:.0f}s)"),
+            )
+            record.auth = spec.auth
+            run.record_server(record)
+            console.done("server")
+            console.line(f"[server] supervisor ready at {record.url} in {seconds(time.monotonic() - started)} "
+                         f"(pid {record.pid}); workers started (pids {', '.join(str(w.pid) for w in record.workers)})")
+        elif plan.server in ("start", "restart"):
+            console.line(f"[server] starting xinference-local on {manifest.server.host}:{manifest.server.port}")
+            run.state_dir.ensure()
+            record = server.start_server(
+                manifest.server,
+                home=manifest.server_home,
+                log_path=run.state_dir.logs / "server.log",
+                hub=manifest.download.hub,
+                on_started=lambda rec: run.record_server(rec),
+                on_progress=lambda waited: console.progress("server", f"[server] waiting for the API ({waited:.0f}s)"),
+            )
+            record.auth = manifest.server.auth
+            run.record_server(record)
+            console.done("server")
+            console.line(f"[server] ready at {record.url} in {seconds(time.monotonic() - started)} (pid {record.pid})")
+        elif plan.server == "reuse":
+            console.line(f"[server] reusing {run.state.server.url} (pid {run.state.server.pid})")
+        else:
+            run.record_server(ServerRecord(url=plan.base_url, managed=False, **auth.server_record_fields(manifest)))
+            if XinferenceClient(plan.base_url).answers() is None:
+                raise ServerError(
+                    f"the server at {plan.base_url} (server.endpoint) does not answer",
+                    hint="check the address and that the server is running",
+                )
+            console.line(f"[server] using the existing server at {plan.base_url}")
+        record = run.state.server
+        if record.managed and record.auth:
+            auth.ensure_credentials(record.url, record.home or manifest.server_home, record.log, run.state_dir,
+                                    on_event=lambda text: console.line(f"[server] {text}"))
+        run.api_key = auth.api_key_for(run.state_dir, record)
+        run.key_client = auth.key_client(run.state_dir, record)
+        run.client = auth.admin_client(run.state_dir, record)
+        if record.managed and record.workers and plan.server in ("start", "restart"):
+            waited = time.monotonic()
+            listed = cluster.wait_for_workers(
+                record, run.client, timeout=spec.start_timeout,
+                on_progress=lambda w: console.progress("server", f"[server] waiting for the workers to join ({w:.0f}s)"),
+            )
+            console.line(f"[server] workers joined in {seconds(time.monotonic() - waited)}: {', '.join(listed)}")
+        if not record.managed:
+            run.key_client.list_models()  # a refused key ends `up` here, naming the variable to set
+    except ProvisionError as exc:
+        run.server_error = exc
+    finally:
+        run.console.done("server")
+        run.stage_seconds["serve"] = time.monotonic() - started
+        run.server_ready.set()
+

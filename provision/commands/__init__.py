@@ -1,0 +1,1 @@
+"""One module per verb that reads the state or the manifest and returns a result for render.py."""

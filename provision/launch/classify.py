@@ -1,0 +1,139 @@
+"""What a launch failure means, from Xinference's real error texts: one table of signatures, shared by
+the fallback chain (which decides whether to go on) and by doctor (which explains a log).
+
+Every failure has a kind (declared most specific first), a scope (the candidate, or the whole chain:
+no candidate can help), a short reason without Xinference's "[address=..., pid=...]" prefix, and a hint.
+"""
+
+from __future__ import annotations
+
+import re
+from dataclasses import dataclass
+from enum import Enum
+
+from ..xinference import clean_detail
+
+REASON_CHARS = 240  # a Failure's reason; summary lines cut to 160
+
+
+class FailureKind(str, Enum):
+    """Why a candidate failed. Declared most specific first: the summary leads with the earliest kind
+    among the attempts (a refused key explains every attempt; a timeout or unknown error, least)."""
+
+    AUTH = "auth", "credentials refused"
+    OOM = "oom", "out of memory"
+    BAD_PATH = "bad_path", "bad model folder"
+    ENGINE_MISSING = "engine_missing", "engine not installed"
+    MODEL_NOT_FOUND = "model_not_found", "model not found"
+    ENGINE_UNSUPPORTED = "engine_unsupported", "engine cannot run the model"
+    VENV_FAILED = "venv_failed", "virtualenv install failed"
+    UID_IN_USE = "uid_in_use", "uid already in use"
+    NO_SLOT = "no_slot", "no free slot"
+    DOWNLOAD = "download", "download failed"
+    SERVER_DIED = "server_died", "server stopped answering"
+    TIMEOUT = "timeout", "timed out"
+    UNKNOWN = "unknown", "failed"
+
+    def __new__(cls, value: str, label: str):
+        member = str.__new__(cls, value)
+        member._value_ = value
+        member.label = label
+        return member
+
+
+class Scope(str, Enum):
+    CANDIDATE = "candidate"  # try the next candidate
+    CHAIN = "chain"  # no candidate can help: stop, skip the rest
+
+
+@dataclass(frozen=True)
+class Failure:
+    kind: FailureKind
+    scope: Scope
+    reason: str  # short, without the "[address=..., pid=...]" prefix
+    hint: str | None = None
+
+    def text(self) -> str:
+        return f"{self.reason} (hint: {self.hint})" if self.hint else self.reason
+
+
+_OOM_FREE = "other processes hold memory on that GPU: lower gpu_memory_utilization, free the card, or pin gpu_idx"
+_OOM_KV = ("raise gpu_memory_utilization or lower max_model_len (options), or set enforce_eager: true "
+           "to save CUDA-graph memory")
+_OOM_TORCH = "lower gpu_memory_utilization or max_model_len, set enforce_eager: true, or pick a smaller model"
+# (kind, pattern, hint), first match wins: order matters where texts overlap (a bad model_path is an
+# "Invalid input", a failed uv install may mention a missing module).
+_RULES: list[tuple[FailureKind, re.Pattern, str | None]] = [
+    (FailureKind.UID_IN_USE, re.compile(r"already in the model list"),
+     "another launch holds this uid: `provision down`, or give the model another uid"),
+    (FailureKind.BAD_PATH, re.compile(r"File or directory does not exist|Error no file named", re.I),
+     "check local_path, or that the download finished"),
+    (FailureKind.VENV_FAILED, re.compile(r"\buv\b.*\bpip\b.*\binstall\b.*returned non-zero exit status", re.S),
+     "the per-model virtualenv could not install the engine: set server.virtual_env: false or check the network"),
+    (FailureKind.ENGINE_MISSING, re.compile(r"Failed to import|No module named|library is not installed|"
+                                            r"Please make sure '[^']+' is installed"),
+     "install the engine into the server's Python, or pick another engine"),
+    (FailureKind.ENGINE_UNSUPPORTED, re.compile(r"cannot be run on engine"),
+     "Xinference says this also when the engine is not installed; GET /v1/engines/<type>/<name> tells which"),
+    (FailureKind.MODEL_NOT_FOUND, re.compile(r"Model not found, name:|\b(?:Rerank|Embedding|Image|Audio|Video) "
+                                             r"model \S+ not found"),
+     "check name, size_in_billions, format and quantization against Xinference's built-in models"),
+    (FailureKind.OOM, re.compile(r"Free memory on device"), _OOM_FREE),
+    (FailureKind.OOM, re.compile(r"No available memory for the cache blocks|KV cache is needed|"
+                                 r"larger than the available KV cache memory"), _OOM_KV),
+    (FailureKind.OOM, re.compile(r"CUDA out of memory|OutOfMemoryError"), _OOM_TORCH),
+    (FailureKind.NO_SLOT, re.compile(r"No available slot|No available worker found|Requested GPUs exceed"),
+     "the GPUs are taken: stop another model, or set gpu_idx / n_gpu"),
+    (FailureKind.SERVER_DIED, re.compile(r"cannot reach the Xinference server|Connection refused|"
+                                         r"Connection aborted|RemoteDisconnected", re.I), None),
+]
+# vLLM V1 only says this; the real cause is in the server log above it.
+_SEE_LOG = re.compile(r"Engine core initialization failed|See root cause above")
+_EXCEPTION_TEXT = re.compile(r"\b\w*(?:Error|Exception): .*")
+
+
+def classify(status: int | None, detail: str, log_tail: str = "") -> Failure:
+    """What a launch failure means, from its HTTP status and Xinference's error text."""
+    reason = short(clean_detail(detail))
+    if status in (401, 403):
+        return Failure(FailureKind.AUTH, Scope.CHAIN, reason or f"HTTP {status}",
+                       "the server has authentication on; give provision an API key")
+    for kind, pattern, hint in _RULES:
+        if pattern.search(detail) and (kind is not FailureKind.SERVER_DIED or status is None):
+            scope = Scope.CHAIN if kind is FailureKind.SERVER_DIED else Scope.CANDIDATE
+            return Failure(kind, scope, reason, hint)
+    if log_tail and needs_log(detail):
+        found = _from_log(log_tail)
+        if found is not None:
+            return found
+    hint = "vLLM logs the real cause just above this line in the server log" if _SEE_LOG.search(detail) else None
+    return Failure(FailureKind.UNKNOWN, Scope.CANDIDATE, reason or "no error message; see the server log", hint)
+
+
+def _from_log(log_tail: str) -> Failure | None:
+    """The last log line a rule recognises (chain-scoped kinds excluded: a log line is not a live server)."""
+    for line in reversed(log_tail.splitlines()):
+        for kind, pattern, hint in _RULES:
+            if kind is not FailureKind.SERVER_DIED and pattern.search(line):
+                match = _EXCEPTION_TEXT.search(line)
+                text = match.group(0) if match else line.strip()
+                return Failure(kind, Scope.CANDIDATE, short("server log: " + clean_detail(text)), hint)
+    return None
+
+
+def needs_log(detail: str) -> bool:
+    return not detail.strip() or bool(_SEE_LOG.search(detail))
+
+
+def short(text: str, limit: int = REASON_CHARS) -> str:
+    text = " ".join(text.split())
+    return text if len(text) <= limit else text[: limit - 3].rstrip() + "..."
+
+
+
+def failure_kind(value: str) -> FailureKind:
+    try:
+        return FailureKind(value)
+    except ValueError:  # a state file may hold a kind this version does not know
+        return FailureKind.UNKNOWN
+

@@ -1,0 +1,151 @@
+"""The plan: manifest + what is observed -> what `up` will do to each model, and why. Pure: no I/O.
+
+observe.py gathers the facts (`Observed`: what runs, what is on disk, the hub listing, the GPUs, the
+server's engines); `make_plan` only decides. `provision plan` prints the same plan `up` acts on.
+
+Per candidate the plan gives an engine verdict (from GET /v1/engines, or pending while no server
+answers), a memory verdict (gpu_fit.py), the bytes still to download (weights.py), and a skip reason
+when it cannot work: no GPU, a worker_ip that names no worker of the cluster, an engine the server
+says is not installed or does not run this model, not enough GPU memory.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+from pathlib import Path
+from typing import TYPE_CHECKING
+
+from ..engines import engine_verdict
+from ..manifest import Candidate, Manifest
+from ..placement import worker_ip_problem
+from ..state import ModelRecord
+from .gpu_fit import GpuLedger, fit_memory
+from .model import KEEP, LAUNCH, RELAUNCH, TERMINATE, CandidateStep, ModelStep, Plan
+from .text import gpus_line
+from .weights import disk_line, weights_of, weights_text
+
+if TYPE_CHECKING:
+    from ..observe import Observed
+
+
+def chain_key(candidates: list[Candidate]) -> str:
+    """A fingerprint of everything that decides how a model is launched: same key, same launch."""
+    fields = []
+    for c in candidates:
+        fields.append(
+            {
+                k: (str(v) if isinstance(v, Path) else v)
+                for k, v in c.__dict__.items()
+                if k not in ("model_index", "launch_timeout")
+            }
+        )
+    return hashlib.sha256(json.dumps(fields, sort_keys=True, default=str).encode()).hexdigest()[:16]
+
+
+def make_plan(manifest: Manifest, observed: Observed) -> Plan:
+    url = manifest.server.url
+    if manifest.server.endpoint:
+        server, server_reason = "external", f"use the existing server at {url}; provision will not start or stop it"
+    elif observed.server_reusable:
+        server, server_reason = "reuse", f"the server provision started earlier is alive at {url}"
+    elif observed.server_moved:
+        server, server_reason = "restart", (
+            f"{observed.server_move_reason or 'server.host/port changed'}: stop the server provision started "
+            f"earlier, start one on {manifest.server.host}:{manifest.server.port}"
+        )
+    elif manifest.server.mode == "cluster":
+        spec = manifest.server
+        server, server_reason = "start", (
+            f"start xinference-supervisor on {spec.host}:{spec.port} (supervisor port {spec.cluster_supervisor_port}) "
+            f"and {spec.workers} worker{'s' if spec.workers != 1 else ''}: {', '.join(spec.worker_addresses)}"
+        )
+    else:
+        server, server_reason = "start", f"start xinference-local on {manifest.server.host}:{manifest.server.port}"
+    plan = Plan(manifest=manifest.file, name=manifest.name, server=server, server_reason=server_reason, base_url=url,
+                gpus=gpus_line(observed))
+    if not manifest.server.endpoint and manifest.server.mode == "local":
+        placed = sorted({c.uid for i in range(len(manifest.models)) for c in manifest.candidates(i) if c.worker_ip})
+        if placed:
+            plan.warnings.append(f"worker_ip of {', '.join(placed)} is ignored: xinference-local is a single worker "
+                                 "(server.mode: cluster starts several)")
+
+    previous = {m.uid: m for m in observed.previous.models} if observed.previous else {}
+    wanted: set[str] = set()
+    gpus = GpuLedger(observed.gpus)
+    active: list[tuple[Candidate, CandidateStep]] = []  # the candidates of models to launch
+    for index, spec in enumerate(manifest.models):
+        candidates = manifest.candidates(index)
+        key = chain_key(candidates)
+        wanted.add(spec.uid)
+        action, reason = _decide(spec.uid, key, previous.get(spec.uid), observed)
+        step = ModelStep(role=spec.role, uid=spec.uid, action=action, reason=reason, chain_key=key)
+        for candidate in candidates:
+            step.candidates.append(_candidate_step(manifest, candidate, observed))
+        if action in (LAUNCH, RELAUNCH):
+            # Memory that a relaunch or a server restart frees first is still counted as used.
+            soft = action == RELAUNCH or server == "restart"
+            for candidate, cstep in zip(candidates, step.candidates):
+                _check(candidate, cstep, observed, gpus, soft)
+            gpus.choose_first(plan, step)
+            active += zip(candidates, step.candidates)
+        plan.steps.append(step)
+    for uid, record in previous.items():
+        if uid not in wanted and record.status == "running":
+            plan.steps.append(
+                ModelStep(role=record.role, uid=uid, action=TERMINATE, reason="no longer in the manifest")
+            )
+    gpus.share_auto(plan)
+    gpus.check_colocation(plan)
+    for candidate, cstep in active:  # the first candidate is fetched up front, the others when reached
+        cstep.weights = weights_text(manifest, candidate, observed, cstep.bytes_to_fetch, cstep.first,
+                                      skipped=cstep.skip_reason is not None)
+    plan.disk = disk_line(plan, manifest, observed)
+    return plan
+
+
+def _decide(uid: str, key: str, record: ModelRecord | None, observed: Observed) -> tuple[str, str]:
+    if record is None or record.status != "running":
+        return LAUNCH, "not running yet"
+    if not observed.server_reusable:
+        return LAUNCH, "its server is gone"
+    if uid not in observed.running_uids:
+        return LAUNCH, "the server no longer runs it"
+    if record.chain_key != key:
+        return RELAUNCH, "its manifest entry changed"
+    return KEEP, f"running since the last `up` ({record.candidate}, {record.engine})"
+
+
+def _candidate_step(manifest: Manifest, candidate: Candidate, observed: Observed) -> CandidateStep:
+    notes = []
+    folder = candidate.folder
+    weight_bytes, to_fetch = weights_of(candidate, observed)
+    if candidate.is_vllm and candidate.gpu_memory_utilization != "auto":
+        share, defaulted = candidate.gpu_share()
+        notes.append(f"gpu_memory_utilization {share}" + (" (provision's default for this role)" if defaulted else ""))
+    present = folder is not None and folder in observed.folders_with_model
+    return CandidateStep(
+        label=candidate.label,
+        name=candidate.name,
+        engine=candidate.engine,
+        folder=str(folder) if folder else None,
+        weights=weights_text(manifest, candidate, observed, to_fetch, fetched_first=candidate.position == 0),
+        notes=notes,
+        bytes_to_fetch=to_fetch if present or candidate.downloadable else None,
+        weight_bytes=weight_bytes,
+    )
+
+
+def _check(c: Candidate, cs: CandidateStep, observed: Observed, gpus: GpuLedger, soft: bool) -> None:
+    key = (c.model_type, c.name)
+    if key not in observed.engines:
+        cs.engine_check = f"pending: {observed.engines_pending}"
+    else:
+        verdict = engine_verdict(c.engine, c.name, observed.engines[key])
+        cs.engine_check = verdict.summary
+        if verdict.blocks:
+            cs.skip_kind, cs.skip_reason = verdict.kind, verdict.reason
+    no_worker = worker_ip_problem(c.worker_ip, observed.workers)
+    if no_worker:  # the placement the manifest asks for cannot be had: this is what to fix first
+        cs.skip_kind, cs.skip_reason = "no_worker", no_worker
+    fit_memory(c, cs, observed, gpus, soft)

@@ -1,0 +1,1 @@
+"""RAGFlow: what it needs to use the stack (config.py)."""

@@ -1,0 +1,68 @@
+"""Ports: whether a server can listen where the manifest says, and who holds the port when it cannot."""
+
+from __future__ import annotations
+
+import errno
+import socket
+
+from .. import netaddr
+from ..errors import ServerError
+from ..state import ServerRecord
+from .procs import is_same_process
+
+EXECUTABLE = "xinference-local"
+
+
+def port_in_use(host: str, port: int) -> bool:
+    """Whether binding host:port fails with "address in use" (0.0.0.0 collides with 127.0.0.1 and back).
+
+    The probe sets SO_REUSEADDR as uvicorn does, so TIME_WAIT sockets left by our polling don't count.
+    Raises ServerError when the address cannot be bound for another reason (not this machine's, < 1024).
+    """
+    try:
+        infos = socket.getaddrinfo(host or "0.0.0.0", port, type=socket.SOCK_STREAM, flags=socket.AI_PASSIVE)
+    except socket.gaierror as exc:
+        raise ServerError(f"server.host {host!r} is not a known address: {exc}") from exc
+    for family, kind, proto, _, address in infos:
+        with socket.socket(family, kind, proto) as probe:
+            probe.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+            try:
+                probe.bind(address)
+            except OSError as exc:
+                if exc.errno == errno.EADDRINUSE:
+                    return True
+                hint = {
+                    errno.EADDRNOTAVAIL: "server.host must be 127.0.0.1, 0.0.0.0 or an address of this machine",
+                    errno.EACCES: "ports below 1024 need root: pick a server.port above 1023",
+                }.get(exc.errno)
+                raise ServerError(f"cannot listen on {host}:{port}: {exc.strerror}", hint=hint) from exc
+    return False
+
+
+def check_port(host: str, port: int, record: ServerRecord | None = None) -> bool:
+    """False: the port is free. True: the server in `record` (ours, same process) holds it, so reuse it.
+
+    Raises ServerError when any other program holds it.
+    """
+    if not port_in_use(host, port):
+        return False
+    if record is not None and record.managed and record.port == port and is_same_process(record):
+        if record.host == host:
+            return True
+        raise ServerError(
+            f"port {port} is held by the server provision started earlier on {record.host} (pid {record.pid}), "
+            f"not on {host}",
+            hint="stop it with `provision down` first, then bring the stack up again",
+        )
+    raise ServerError(
+        f"port {port} is already in use on {host} ({host}:{port}): cannot start {EXECUTABLE} there",
+        hint=port_hint(host, port),
+    )
+
+
+def port_hint(host: str, port: int) -> str:
+    return (
+        f"pick another server.port in the manifest, or set server.endpoint: {netaddr.url_for(host, port)} to use the "
+        f"server already there (`ss -ltnp 'sport = :{port}'` shows which program holds it)"
+    )
+
