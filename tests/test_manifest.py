@@ -13,9 +13,7 @@ from pathlib import Path
 import jsonschema
 import pytest
 import yaml
-from click.testing import CliRunner
 
-from provision.cli import cli
 from provision.errors import ManifestError
 from provision.manifest import load, parse
 
@@ -75,16 +73,13 @@ def edit(old: str, *new: str, base: str = BASE) -> str:
     return "\n".join(lines[: at[0]] + list(new) + lines[at[0] + 1 :]) + "\n"
 
 
-def runner() -> CliRunner:
-    try:
-        return CliRunner(mix_stderr=False)  # click 8.1
-    except TypeError:
-        return CliRunner()  # click >= 8.2 keeps stderr apart by default
-
-
-def validate(*args: str):
-    result = runner().invoke(cli, ["validate", *args])
-    return result, result.stdout + result.stderr
+@pytest.fixture
+def validate(invoke):
+    """`provision validate ARGS` -> (result, everything it printed)."""
+    def run(*args: str):
+        result = invoke(["validate", *args])
+        return result, result.stdout + result.stderr
+    return run
 
 
 EXTRA_CHAT_MODEL = ("  - role: chat", "    uid: chat2", "    name: qwen2.5-instruct",
@@ -187,7 +182,7 @@ INVALID = [
 
 
 @pytest.mark.parametrize("text, path, line, fragment", INVALID)
-def test_invalid_manifest_is_reported_with_file_line_path_and_hint(tmp_path, monkeypatch, text, path, line, fragment):
+def test_invalid_manifest_is_reported_with_file_line_path_and_hint(validate, tmp_path, monkeypatch, text, path, line, fragment):
     monkeypatch.delenv(UNSET, raising=False)
     file = tmp_path / "manifest.yml"
     if text is not None:
@@ -206,14 +201,14 @@ def test_invalid_table_is_large_enough():
     assert len(INVALID) >= 35
 
 
-def test_base_manifest_is_valid(tmp_path):
+def test_base_manifest_is_valid(validate, tmp_path):
     file = tmp_path / "base.yml"
     file.write_text(BASE)
     result, out = validate(str(file))
     assert result.exit_code == 0, out
 
 
-def test_every_problem_is_reported_at_once_sorted_by_line(tmp_path):
+def test_every_problem_is_reported_at_once_sorted_by_line(validate, tmp_path):
     text = edit("  docker: false", "  dokcer: false")  # line 34, from the structure check
     text = edit("    uid: chat", "    uid: emb", base=text)  # line 25, from the semantic check
     text = edit("  port: 9997", "  port: abc", base=text)  # line 5
@@ -227,7 +222,7 @@ def test_every_problem_is_reported_at_once_sorted_by_line(tmp_path):
     assert [row.split(": ")[1] for row in rows] == ["server.port", "models[2].uid", "ragflow.dokcer"]
 
 
-def test_every_file_is_checked_even_after_a_bad_one(tmp_path):
+def test_every_file_is_checked_even_after_a_bad_one(validate, tmp_path):
     bad, good = tmp_path / "bad.yml", tmp_path / "good.yml"
     bad.write_text(edit("version: 1", "version: 2"))
     good.write_text(BASE)
@@ -236,10 +231,10 @@ def test_every_file_is_checked_even_after_a_bad_one(tmp_path):
     assert f"{bad}:1: version:" in out and f"{good}: ok" in out
 
 
-def test_validate_json_reports_problems_with_path_line_and_hint(tmp_path):
+def test_validate_json_reports_problems_with_path_line_and_hint(invoke, tmp_path):
     file = tmp_path / "m.yml"
     file.write_text(edit("      - engine: transformers", "      - engine: flag"))
-    result = runner().invoke(cli, ["validate", "--json", str(file)])
+    result = invoke(["validate", "--json", file])
     assert result.exit_code == 2
     doc = json.loads(result.stdout)  # one document, nothing else on stdout
     assert doc["status"] == "error" and doc["exit_code"] == 2
@@ -252,10 +247,10 @@ def test_validate_json_reports_problems_with_path_line_and_hint(tmp_path):
     assert doc["manifests"] == [{"file": str(file), "valid": False, "problems": error["problems"]}]
 
 
-def test_validate_json_success(tmp_path):
+def test_validate_json_success(invoke, tmp_path):
     file = tmp_path / "m.yml"
     file.write_text(BASE)
-    result = runner().invoke(cli, ["validate", "--json", str(file)])
+    result = invoke(["validate", "--json", file])
     assert result.exit_code == 0
     doc = json.loads(result.stdout)
     assert doc["status"] == "success" and doc["errors"] == []
@@ -277,24 +272,24 @@ def test_shipped_manifests_exist():
     assert len(SHIPPED) >= 3
 
 
-def test_shipped_manifests_validate():
+def test_shipped_manifests_validate(validate):
     result, out = validate(*map(str, SHIPPED))
     assert result.exit_code == 0, out
     assert out.count(": ok (") == len(SHIPPED)
 
 
-def test_schema_command_matches_the_committed_schema():
-    result = runner().invoke(cli, ["schema"])
+def test_schema_command_matches_the_committed_schema(invoke):
+    result = invoke(["schema"])
     assert result.exit_code == 0
     assert json.loads(result.stdout) == json.loads(SCHEMA_FILE.read_text()), (
         "schema/manifest.schema.json is stale: run `provision schema -o schema/manifest.schema.json`"
     )
 
 
-def test_schema_output_option_writes_the_same_text(tmp_path):
+def test_schema_output_option_writes_the_same_text(invoke, tmp_path):
     out = tmp_path / "schema.json"
-    assert runner().invoke(cli, ["schema", "-o", str(out)]).exit_code == 0
-    assert out.read_text() == runner().invoke(cli, ["schema"]).stdout
+    assert invoke(["schema", "-o", out]).exit_code == 0
+    assert out.read_text() == invoke(["schema"]).stdout
 
 
 @pytest.mark.parametrize("manifest", SHIPPED, ids=lambda p: p.name)
