@@ -8,6 +8,7 @@ connect to: a client on this machine uses the loopback address of the same famil
 from __future__ import annotations
 
 import ipaddress
+import re
 
 WILDCARDS = {"": "127.0.0.1", "0.0.0.0": "127.0.0.1", "::": "::1", "[::]": "::1", "*": "127.0.0.1"}
 
@@ -49,9 +50,36 @@ def url_for(host: str, port: int, scheme: str = "http", path: str = "") -> str:
     return f"{scheme}://{bracket(connect_host(host))}:{port}{path}"
 
 
-def is_ip_literal(host: str) -> bool:
+_HOSTNAME_LABEL = re.compile(r"(?!-)[A-Za-z0-9_-]{1,63}(?<!-)")
+
+
+def host_problem(host: str) -> str | None:
+    """Why `host` is neither an IP address nor a host name (None: it is one)."""
+    if not isinstance(host, str) or not host.strip():
+        return "is empty: write 127.0.0.1 (this machine only) or 0.0.0.0 (every interface)"
+    bare = unbracket(host.strip())
+    if is_wildcard(bare):
+        return None
     try:
-        ipaddress.ip_address(unbracket(host))
-        return True
+        ipaddress.ip_address(bare)
+        return None
     except ValueError:
-        return False
+        pass
+    if re.fullmatch(r"[^:]+:\d+", bare):
+        return f"{host!r} holds a port: write the host alone and the port as server.port"
+    if re.fullmatch(r"[\d.]+", bare) or len(bare) > 253 or not all(_HOSTNAME_LABEL.fullmatch(p) for p in bare.rstrip(".").split(".")):
+        return f"{_short(host)} is not a host name or address (such as 127.0.0.1, 0.0.0.0 or gpu-1.example.org)"
+    return None
+
+
+def _short(value: str, limit: int = 60) -> str:
+    text = repr(value)
+    return text if len(text) <= limit else text[: limit - 4] + "...'"
+
+
+def docker_cannot_reach(host: str, docker_host: str) -> str | None:
+    """Why RAGFlow in a container cannot reach a server listening on `host` of this machine (None: it can)."""
+    if not is_loopback(host):
+        return None
+    return (f"Xinference listens on {host} only: RAGFlow in Docker cannot reach it through {docker_host}; "
+            "set server.host: 0.0.0.0 (authentication stays on) and open the port in the firewall")

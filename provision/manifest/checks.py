@@ -10,10 +10,22 @@ from __future__ import annotations
 import difflib
 from typing import Any
 
+from pydantic import TypeAdapter, ValidationError
+
 from .. import netaddr
 from ..engines import ENGINE_ALIASES, ENGINES, MODEL_TYPE_OF_ROLE, ROLES, canonical_engine
 from ..errors import Problem
 from .source import format_path, line_of
+
+_BOOL = TypeAdapter(bool)
+
+
+def _as_bool(value: Any) -> bool | None:
+    """The boolean the schema will read from `value` (`'false'`, `0`, `off` are False), None if none."""
+    try:
+        return _BOOL.validate_python(value)
+    except ValidationError:
+        return None
 
 
 def check(data: dict, lines: dict | None = None) -> list[Problem]:
@@ -85,8 +97,8 @@ def _check_server_access(server: Any, add) -> None:
     if not isinstance(server, dict):
         return
     host = server.get("host", "127.0.0.1")
-    if server.get("auth") is False and isinstance(host, str) and not netaddr.is_loopback(host) \
-            and server.get("allow_open") is not True and not server.get("endpoint"):
+    if _as_bool(server.get("auth", True)) is False and isinstance(host, str) and not netaddr.is_loopback(host) \
+            and _as_bool(server.get("allow_open", False)) is not True and not server.get("endpoint"):
         add(("server", "auth"), f"server.auth: false with server.host {host} opens the API to the network: anyone who "
             f"can reach the port can launch and delete models",
             hint="keep server.auth: true (the default), listen on 127.0.0.1, or add allow_open: true to accept it")

@@ -14,12 +14,15 @@ from .source import format_path, line_of
 ENV_VAR_RE = re.compile(r"\$\$|\$\{([A-Za-z_][A-Za-z0-9_]*)(?::-([^}]*))?\}")
 
 
-def interpolate(value: Any, loc: tuple, environ: dict, problems: list[Problem], lines: dict) -> Any:
-    """Expand ${VAR} and ${VAR:-default} in string values; $$ is a literal $."""
+def interpolate(value: Any, loc: tuple, environ: dict, problems: list[Problem], lines: dict,
+                resolved: dict[str, str] | None = None) -> Any:
+    """Expand ${VAR} and ${VAR:-default} in string values; $$ is a literal $. `resolved` collects each
+    expanded value with the text it was written as, so that messages can show the text instead."""
+    resolved = {} if resolved is None else resolved
     if isinstance(value, dict):
-        return {k: interpolate(v, loc + (k,), environ, problems, lines) for k, v in value.items()}
+        return {k: interpolate(v, loc + (k,), environ, problems, lines, resolved) for k, v in value.items()}
     if isinstance(value, list):
-        return [interpolate(v, loc + (i,), environ, problems, lines) for i, v in enumerate(value)]
+        return [interpolate(v, loc + (i,), environ, problems, lines, resolved) for i, v in enumerate(value)]
     if not isinstance(value, str) or "$" not in value:
         return value
 
@@ -42,6 +45,8 @@ def interpolate(value: Any, loc: tuple, environ: dict, problems: list[Problem], 
         return ""
 
     expanded = ENV_VAR_RE.sub(expand, value)
+    if expanded != value and expanded:
+        resolved[expanded] = value
     # `key: ${VAR:-}` means "unset unless the environment says otherwise", not an empty string.
     if expanded == "" and ENV_VAR_RE.fullmatch(value.strip()):
         return None

@@ -27,6 +27,9 @@ def manifest_warnings(manifest: Manifest) -> list[str]:
     if not spec.endpoint and not spec.auth and not netaddr.is_loopback(spec.host):
         warnings.append(f"server.auth is false and server.host is {spec.host}: anyone who can reach port {spec.port} "
                         "can launch and delete models (allow_open: true)")
+    unreachable = netaddr.docker_cannot_reach(spec.host, manifest.ragflow.docker_host) if manifest.ragflow.docker else None
+    if unreachable and not spec.endpoint:
+        warnings.append(f"ragflow.docker is true but server.host is {spec.host}: {unreachable}")
     return warnings + secret_warnings(manifest.raw)
 
 

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import difflib
 import re
+from typing import Any
 
 from pydantic import BaseModel, ValidationError
 
@@ -32,10 +33,50 @@ def _model_at(loc: tuple) -> type[BaseModel] | None:
     return _MODELS_BY_FIELD.get(shape)
 
 
-def from_validation(exc: ValidationError, lines: dict) -> list[Problem]:
+ECHO_CHARS = 60  # a bad value is shown up to this length
+
+
+def echo(value: Any) -> str:
+    """A bad value as a message shows it: its repr, cut to ECHO_CHARS."""
+    text = repr(value)
+    return text if len(text) <= ECHO_CHARS else text[: ECHO_CHARS - 4] + "..." + text[-1]
+
+
+def masked(problem: Problem, resolved: dict[str, str]) -> Problem:
+    """The problem with every value a ${VAR} became shown as the ${VAR} text written in the file."""
+    message, hint = problem.message, problem.hint
+    for value, written in sorted(resolved.items(), key=lambda item: -len(item[0])):
+        if len(value) < 3:
+            continue
+        for old, new in ((repr(value), repr(written)), (value, written)):
+            message = message.replace(old, new)
+            hint = hint.replace(old, new) if hint else hint
+    return Problem(problem.path, message, line=problem.line, hint=hint)
+
+
+def _real_path(loc: tuple, data: Any) -> tuple:
+    """The error location without pydantic's union-member tags (`int`, `literal['auto']`, ...): a part is
+    kept when it is a key or an index of the data at that point."""
+    path, node = [], data
+    for part in loc:
+        if isinstance(node, dict) and part in node:
+            path.append(part)
+            node = node[part]
+        elif isinstance(node, list) and isinstance(part, int) and 0 <= part < len(node):
+            path.append(part)
+            node = node[part]
+        elif not (isinstance(part, str) and _UNION_TAG.match(part) and part not in _all_fields()):
+            path.append(part)  # a key that is missing (or extra, where the node is not a mapping)
+            node = None
+    return tuple(path)
+
+
+def from_validation(exc: ValidationError, lines: dict, data: Any = None) -> list[Problem]:
     problems = []
     for err in exc.errors():
-        loc = tuple(p for p in err["loc"] if not (isinstance(p, str) and _UNION_TAG.match(p) and p not in _all_fields()))
+        loc = _real_path(err["loc"], data)
+        if not loc:
+            loc = tuple(str(p) for p in err["loc"][:1])
         kind = err["type"]
         path = format_path(loc)
         line = line_of(lines, loc)
@@ -52,14 +93,14 @@ def from_validation(exc: ValidationError, lines: dict) -> list[Problem]:
             described = parent.model_fields[str(loc[-1])].description if parent and str(loc[-1]) in (parent.model_fields) else None
             hint = described
         elif kind == "literal_error":
-            message = f"invalid value {err['input']!r}"
+            message = f"invalid value {echo(err['input'])}"
             hint = "allowed: " + err["ctx"]["expected"] if "ctx" in err else None
         elif kind == "value_error":
             message = str(err["ctx"]["error"]) if "ctx" in err else err["msg"]
         else:
             message = err["msg"]
             if "input" in err and not isinstance(err["input"], (dict, list)):
-                message += f" (got {err['input']!r})"
+                message += f" (got {echo(err['input'])})"
             hint = _range_hint(loc)
         problems.append(Problem(path, message, line=line, hint=hint))
     return problems

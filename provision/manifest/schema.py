@@ -7,12 +7,13 @@ translation of pydantic's errors into our problems in problems.py.
 
 from __future__ import annotations
 
+import math
 import os
 import re
 from pathlib import Path
 from typing import TYPE_CHECKING, Annotated, Any, Literal
 
-from pydantic import BaseModel, ConfigDict, Field, field_validator
+from pydantic import BaseModel, BeforeValidator, ConfigDict, Field, field_validator
 
 from .. import netaddr
 from ..engines import ROLES
@@ -25,6 +26,31 @@ UID_RE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]*$")
 REPLICA_SUFFIX_RE = re.compile(r"-rep\d+$")
 SOURCE_RE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]*/[A-Za-z0-9][A-Za-z0-9._-]*$")
 NAME_RE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]*$")
+VARIABLE_RE = re.compile(r"[A-Za-z_][A-Za-z0-9_]*")
+
+
+# Folders that hold a system, never a model: a local_path naming one would be walked and launched from.
+SYSTEM_FOLDERS = {"/", "/bin", "/boot", "/dev", "/etc", "/home", "/lib", "/lib64", "/opt", "/proc", "/root", "/run",
+                  "/sbin", "/srv", "/sys", "/tmp", "/usr", "/var"}
+
+
+def _not_a_boolean(value: Any) -> Any:
+    """YAML's `true` is no number: pydantic would take it for 1 (`port: true` -> port 1)."""
+    if isinstance(value, bool):
+        raise ValueError(f"Input should be a valid integer, not a boolean (got {value!r})")
+    return value
+
+
+# A whole number that is written as one (or comes from ${VAR} as text), never a boolean.
+Number = Annotated[int, BeforeValidator(_not_a_boolean)]
+Seconds = Annotated[float, BeforeValidator(_not_a_boolean)]
+
+
+def _host(value: str, field: str) -> str:
+    problem = netaddr.host_problem(value)
+    if problem:
+        raise ValueError(f"{field} {problem}")
+    return value
 
 
 class _Strict(BaseModel):
@@ -72,7 +98,7 @@ class _CandidateFields(_Strict):
     )
     gpu_idx: int | list[int] | None = Field(None, description="GPU index or indices to place the model on.")
     worker_ip: str | None = Field(None, description="Cluster worker address (ip or ip:port) to place it on.")
-    replica: int | None = Field(None, ge=1, description="Number of replicas; default 1.")
+    replica: Number | None = Field(None, ge=1, description="Number of replicas; default 1.")
     local_path: str | None = Field(
         None,
         description="A folder that already holds the weights; nothing is downloaded. Relative paths "
@@ -81,7 +107,7 @@ class _CandidateFields(_Strict):
     options: dict[str, Any] | None = Field(
         None, description="Extra launch arguments passed to the engine as-is (e.g. max_model_len: 8192)."
     )
-    launch_timeout: float | None = Field(
+    launch_timeout: Seconds | None = Field(
         None, gt=0, description="Seconds to wait for this candidate to become READY; default 900."
     )
 
@@ -121,13 +147,29 @@ class _CandidateFields(_Strict):
     @field_validator("size_in_billions")
     @classmethod
     def _size(cls, value: float | str | None) -> float | str | None:
-        if isinstance(value, str):
-            try:
-                float(value.replace("_", "."))
-            except ValueError:
-                raise ValueError("size_in_billions must be a number such as 4 or 0.5") from None
-        if isinstance(value, (int, float)) and value <= 0:
+        if value is None:
+            return value
+        try:
+            number = float(value.replace("_", ".")) if isinstance(value, str) else float(value)
+        except (ValueError, OverflowError):
+            raise ValueError("size_in_billions must be a number such as 4 or 0.5") from None
+        if not math.isfinite(number):
+            raise ValueError(f"size_in_billions must be a finite number such as 4 or 0.5 (got {value!r})")
+        if number <= 0:
             raise ValueError("size_in_billions must be greater than 0")
+        return value
+
+    @field_validator("local_path")
+    @classmethod
+    def _local_path(cls, value: str | None) -> str | None:
+        if value is None:
+            return value
+        if not value.strip():
+            raise ValueError("local_path is empty: name the folder that holds the weights, or leave the key out")
+        expanded = os.path.normpath(os.path.expanduser(value))
+        if expanded in SYSTEM_FOLDERS or expanded == os.path.normpath(os.path.expanduser("~")):
+            raise ValueError(f"local_path {value!r} is a system folder, not a model folder: name the folder that holds "
+                             "the model's config.json and weights")
         return value
 
     @field_validator("uid")
@@ -137,7 +179,7 @@ class _CandidateFields(_Strict):
             return value
         if not 1 <= len(value) <= 100:
             raise ValueError("uid must be 1-100 characters long")
-        if not UID_RE.match(value) or ".." in value:
+        if not UID_RE.fullmatch(value) or ".." in value:
             raise ValueError("uid may hold only letters, digits, '.', '_' and '-' and must start with a letter or digit")
         if REPLICA_SUFFIX_RE.search(value):
             raise ValueError("uid must not end in -rep<N>: Xinference reserves that suffix for replicas")
@@ -146,14 +188,14 @@ class _CandidateFields(_Strict):
     @field_validator("source")
     @classmethod
     def _source(cls, value: str | None) -> str | None:
-        if value is not None and (not SOURCE_RE.match(value) or ".." in value):
+        if value is not None and (not SOURCE_RE.fullmatch(value) or ".." in value):
             raise ValueError("source must be a hub model id 'owner/name' (no '..', no leading '/', no extra '/')")
         return value
 
     @field_validator("name")
     @classmethod
     def _name(cls, value: str | None) -> str | None:
-        if value is not None and (not NAME_RE.match(value) or ".." in value):
+        if value is not None and (not NAME_RE.fullmatch(value) or ".." in value):
             raise ValueError("name must be a Xinference model name (letters, digits, '.', '_', '-')")
         return value
 
@@ -179,7 +221,7 @@ class ServerSpec(_Strict):
     host: str = Field(
         "127.0.0.1", description="Address xinference-local listens on; 0.0.0.0 only when RAGFlow runs in Docker."
     )
-    port: int = Field(9997, ge=1, le=65535, description="Port of the Xinference REST API.")
+    port: Number = Field(9997, ge=1, le=65535, description="Port of the Xinference REST API.")
     home: str = Field(
         ".provision/xinference",
         description="XINFERENCE_HOME; relative paths resolve against the manifest's folder.",
@@ -193,7 +235,7 @@ class ServerSpec(_Strict):
         None,
         description="URL of an existing server or cluster supervisor; provision neither starts nor stops it.",
     )
-    start_timeout: float = Field(300, gt=0, description="Seconds to wait for a started server to answer.")
+    start_timeout: Seconds = Field(300, gt=0, description="Seconds to wait for a started server to answer.")
     env: dict[str, str] = Field(
         default_factory=dict, description="Extra environment variables for the server process."
     )
@@ -227,12 +269,12 @@ class ServerSpec(_Strict):
         "xinference-workers beside it on this machine, each its own process; place models with models[].worker_ip "
         "(a cluster that runs elsewhere is server.endpoint).",
     )
-    workers: int = Field(1, ge=1, le=64, description="With mode: cluster: how many workers to start.")
-    supervisor_port: int | None = Field(
+    workers: Number = Field(1, ge=1, le=64, description="With mode: cluster: how many workers to start.")
+    supervisor_port: Number | None = Field(
         None, ge=1, le=65535,
         description="With mode: cluster: the supervisor's internal (actor) port the workers join; default server.port + 1.",
     )
-    worker_port: int | None = Field(
+    worker_port: Number | None = Field(
         None, ge=1, le=65535,
         description="With mode: cluster: worker 1 listens on worker_port, worker 2 on worker_port + 1, ...; a "
         "model is placed on one with worker_ip: <host>:<its port>. Default server.port + 2.",
@@ -260,10 +302,15 @@ class ServerSpec(_Strict):
         """Where provision talks to the server: server.endpoint, else host:port (a wildcard through loopback)."""
         return self.endpoint or netaddr.url_for(self.host, self.port)
 
+    @field_validator("host")
+    @classmethod
+    def _listen_host(cls, value: str) -> str:
+        return _host(value, "server.host")
+
     @field_validator("api_key_env", "admin_password_env")
     @classmethod
     def _variable_name(cls, value: str | None) -> str | None:
-        if value is not None and not re.match(r"^[A-Za-z_][A-Za-z0-9_]*$", value):
+        if value is not None and not VARIABLE_RE.fullmatch(value):
             raise ValueError("this is the NAME of an environment variable (such as XINFERENCE_API_KEY), not the secret")
         return value
 
@@ -286,12 +333,12 @@ class DownloadSpec(_Strict):
     models_dir: str = Field(
         "models", description="Folder the weights are downloaded into; relative to the manifest's folder."
     )
-    parallel: int = Field(3, ge=1, le=16, description="Models downloaded at the same time.")
+    parallel: Number = Field(3, ge=1, le=16, description="Models downloaded at the same time.")
 
     @field_validator("token_env")
     @classmethod
     def _token_env(cls, value: str) -> str:
-        if not re.match(r"^[A-Za-z_][A-Za-z0-9_]*$", value):
+        if not VARIABLE_RE.fullmatch(value):
             raise ValueError("token_env is the NAME of an environment variable, not the token itself")
         return value
 
@@ -302,6 +349,11 @@ class RagflowSpec(_Strict):
         "host.docker.internal", description="Host name RAGFlow's container uses to reach this machine."
     )
 
+    @field_validator("docker_host")
+    @classmethod
+    def _docker_host(cls, value: str) -> str:
+        return _host(value, "ragflow.docker_host")
+
 
 class Manifest(_Strict):
     version: Literal[1] = Field(..., description="Manifest format version; 1.")
@@ -309,7 +361,7 @@ class Manifest(_Strict):
     server: ServerSpec = Field(default_factory=ServerSpec, description="The Xinference server.")
     download: DownloadSpec = Field(default_factory=DownloadSpec, description="Where and how weights are fetched.")
     models: list[ModelSpec] = Field(..., min_length=1, description="The models to serve, one entry per model.")
-    roles: dict[Literal["chat", "embedding", "rerank"], Annotated[int, Field(ge=0)]] = Field(
+    roles: dict[Literal["chat", "embedding", "rerank"], Annotated[Number, Field(ge=0)]] = Field(
         default_factory=lambda: {role: 1 for role in ROLES},
         description="How many models of each role the stack must have; default exactly one of each. "
         "Set a role to 0 to leave it out.",
@@ -319,7 +371,7 @@ class Manifest(_Strict):
     @field_validator("name")
     @classmethod
     def _stack_name(cls, value: str) -> str:
-        if not NAME_RE.match(value) or ".." in value or len(value) > 64:
+        if not NAME_RE.fullmatch(value) or ".." in value or len(value) > 64:
             raise ValueError("name may hold only letters, digits, '.', '_' and '-' (at most 64)")
         return value
 

@@ -81,10 +81,9 @@ def build_provider(state: State, api_key: str | None = None) -> dict:
     docker_host = state.docker_host or DEFAULT_DOCKER_HOST
     running = [m for m in state.models if m.status == "running"]
     warnings = []
-    if state.ragflow_docker and netaddr.is_loopback(host):
-        warnings.append(
-            f"Xinference listens on {host} only: RAGFlow in Docker cannot reach it through {docker_host}; "
-            "start it with host 0.0.0.0 (and open the port in the firewall)")
+    unreachable = netaddr.docker_cannot_reach(host, docker_host) if state.ragflow_docker else None
+    if unreachable:
+        warnings.append(unreachable)
     missing = [role for role in RAGFLOW_MODEL_TYPE if not any(m.role == role for m in running)]
     if missing:
         warnings.append(f"no running {', '.join(missing)} model: RAGFlow will need one from elsewhere")
