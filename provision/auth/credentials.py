@@ -10,7 +10,7 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
 from ..errors import StateError
-from ..state import StateDir, write_atomic
+from ..state import StateDir, read_private, write_atomic
 
 CREDENTIALS_FILE = "credentials.json"
 CREDENTIALS_VERSION = 1
@@ -36,7 +36,7 @@ def credentials_path(state_dir: StateDir) -> Path:
 def _entries(state_dir: StateDir) -> dict[str, dict]:
     path = credentials_path(state_dir)
     try:
-        data = json.loads(path.read_text(encoding="utf-8"))
+        data = json.loads(read_private(path))
     except FileNotFoundError:
         return {}
     except (OSError, ValueError) as exc:

@@ -24,11 +24,14 @@ class DownResult:
 def down(state_dir: StateDir, console: Console | None = None) -> DownResult:
     console = console or Console()
     result = DownResult()
-    state = state_dir.read()
-    if state is None:
+    if not state_dir.exists():
         result.server = f"nothing recorded in {state_dir.path}"
         return result
     with state_dir.lock("down"):
+        state = state_dir.read()  # under the lock: an `up` that finished a moment ago wrote its server
+        if state is None:
+            result.server = f"nothing recorded in {state_dir.path}"
+            return result
         record = state.server
         reachable = record is not None and (not record.managed or procs.is_same_process(record))
         if reachable:

@@ -11,11 +11,11 @@ import re
 from typing import Any
 
 from .. import netaddr
+from ..redact import is_secret_name
 from .interpolate import ENV_VAR_RE
 from .schema import Manifest
 from .source import format_path
 
-_SECRET_NAME = re.compile(r"(?i)(token|secret|passw(?:or)?d|passwd|api[_-]?key|access[_-]?key|private[_-]?key|credential)")
 _SECRET_VALUE = re.compile(r"^(?:xf-|sk-|hf_|ms-)[A-Za-z0-9_\-]{16,}$")
 _URL_PASSWORD = re.compile(r"://[^/@\s:]+:[^/@\s]+@")
 
@@ -48,7 +48,7 @@ def secret_warnings(raw: Any, path: tuple = ()) -> list[str]:
     where = format_path(path)
     if _URL_PASSWORD.search(raw) and _URL_PASSWORD.search(literal):
         return [f"{where} has a password in its URL: put the URL in a variable and write ${{VARIABLE}}"]
-    named = bool(_SECRET_NAME.search(name)) and not name.lower().endswith("_env")
+    named = is_secret_name(name)
     looks_secret = len(literal) >= 8 and not literal.isdigit() and not literal.startswith(("/", "~", "."))
     if (named and looks_secret) or _SECRET_VALUE.match(literal):
         variable = name.upper() if re.fullmatch(r"[A-Za-z_][A-Za-z0-9_]*", name) and named else "VARIABLE"
