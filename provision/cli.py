@@ -168,8 +168,13 @@ def schema(output: str | None) -> None:
 
     text = json.dumps(json_schema(), indent=2) + "\n"
     if output:
-        with open(output, "w", encoding="utf-8") as handle:
-            handle.write(text)
+        try:
+            with open(output, "w", encoding="utf-8") as handle:
+                handle.write(text)
+        except OSError as exc:
+            from .errors import UsageError
+
+            raise UsageError(f"cannot write {output}: {exc.strerror or exc}", hint="give a file in a folder that exists") from exc
     else:
         click.echo(text, nl=False)
 
@@ -298,7 +303,8 @@ def mirror() -> None:
 @mirror.command("serve")
 @click.argument("directory", type=click.Path(file_okay=False, exists=True))
 @click.option("--host", default="127.0.0.1", show_default=True, help="Address to listen on.")
-@click.option("--port", default=8000, show_default=True, type=int, help="Port to listen on (0 = any free port).")
+@click.option("--port", default=8000, show_default=True, type=click.IntRange(0, 65535),
+              help="Port to listen on (0 = any free port).")
 @click.option("--token-env", default=None, help="Require the token held by this environment variable.")
 @click.pass_context
 def mirror_serve(ctx: click.Context, directory: str, host: str, port: int, token_env: str | None) -> None:
@@ -323,7 +329,27 @@ def mirror_serve(ctx: click.Context, directory: str, host: str, port: int, token
 
 
 def main() -> None:
-    cli(prog_name="provision")
+    """The console script. Usage errors are rendered here too: under --json as one JSON document."""
+    try:
+        code = cli.main(prog_name="provision", standalone_mode=False)
+    except click.exceptions.Abort:
+        click.echo("Aborted!", err=True)
+        sys.exit(EXIT_FAILED)
+    except click.ClickException as exc:
+        if "--json" in sys.argv[1:]:
+            from .report import envelope, print_json
+
+            kind = "UsageError" if isinstance(exc, click.UsageError) else type(exc).__name__
+            print_json(envelope(_command_of(sys.argv[1:]), exc.exit_code,
+                                errors=[{"type": kind, "message": exc.format_message(), "hint": "see --help"}]))
+        exc.show()
+        sys.exit(exc.exit_code)
+    sys.exit(code if isinstance(code, int) else EXIT_OK)
+
+
+def _command_of(args: list[str]) -> str:
+    """The verb a command line names (for the JSON document of a line click could not parse)."""
+    return next((a for a in args if a in cli.commands), "")
 
 
 if __name__ == "__main__":

@@ -4,8 +4,9 @@ model (hidden entries, partial downloads). Used by the downloader, the plan's ar
 
 from __future__ import annotations
 
+import re
 from fnmatch import fnmatch
-from pathlib import PurePosixPath
+from pathlib import Path, PurePosixPath
 from typing import Iterable, Mapping
 
 CONFIG_FILES = ("config.json", "modules.json", "config_sentence_transformers.json")
@@ -54,3 +55,13 @@ def weight_bytes(sizes: Mapping[str, int], quantization: str | None = None) -> i
             chosen = named or [max(chosen, key=lambda p: sizes[p])]
         return sum(sizes[p] for p in chosen)
     return None
+
+
+def safe_relpath(raw: str) -> Path | None:
+    """A repo-relative path, or None when it could leave the model folder."""
+    if not raw or "\x00" in raw or "\\" in raw or raw.startswith("/") or re.match(r"^[A-Za-z]:", raw):
+        return None
+    parts = [p for p in raw.split("/") if p not in ("", ".")]
+    if not parts or any(p == ".." for p in parts):
+        return None
+    return Path(*parts)

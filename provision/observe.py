@@ -17,7 +17,7 @@ from typing import Any
 
 import requests
 
-from . import auth, download, placement
+from . import auth, download, placement, redact
 from .download import hub
 from .errors import AuthError, ProvisionError, XinferenceError
 from .gpu import Gpu, NvmlSource, parse_cluster_info
@@ -170,6 +170,7 @@ def _observe_local(manifest: Manifest, observed: Observed, hub_listing: bool) ->
         observed.listings.update({key: f"only ModelScope listings are read, not {manifest.download.hub}" for key in keys})
         return
     endpoint = hub.resolve_endpoint(manifest.download.endpoint, os.environ)
+    where = redact.url(endpoint or hub.DEFAULT_ENDPOINT)
     token = os.environ.get(manifest.download.token_env) or None
     with ThreadPoolExecutor(max_workers=min(8, len(keys)), thread_name_prefix="listing") as pool:
         futures = {key: pool.submit(hub.list_model_files, key[0], key[1], endpoint=endpoint, token=token) for key in keys}
@@ -178,9 +179,13 @@ def _observe_local(manifest: Manifest, observed: Observed, hub_listing: bool) ->
             observed.listings[key] = future.result() or "the hub lists no files"
         except requests.HTTPError as exc:
             observed.listings[key] = f"HTTP {exc.response.status_code if exc.response is not None else '?'}"
+        except hub.HubTimeout:
+            observed.listings[key] = f"{where} timed out after {hub.LISTING_DEADLINE_S:g} s"
         except (requests.ConnectionError, requests.Timeout):
-            observed.listings[key] = f"cannot reach {endpoint or hub.DEFAULT_ENDPOINT}"
+            observed.listings[key] = f"cannot reach {where}"
+        except hub.BadListing as exc:
+            observed.listings[key] = f"{where} sent an unusable listing: {str(exc)[:160]}"
         except (requests.RequestException, ValueError) as exc:
-            observed.listings[key] = f"{type(exc).__name__}: {str(exc)[:120]}"
+            observed.listings[key] = f"{type(exc).__name__}: {redact.url(str(exc))[:120]}"
 
 

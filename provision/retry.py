@@ -29,12 +29,16 @@ def no_answer_or_busy(exc: BaseException) -> bool:
     return no_answer(exc)
 
 
-def policy(retry_on: Callable[[BaseException], bool] = no_answer, attempts: int | None = None) -> tenacity.Retrying:
+def policy(retry_on: Callable[[BaseException], bool] = no_answer, attempts: int | None = None,
+           within: float | None = None) -> tenacity.Retrying:
     """A tenacity.Retrying for one call: `for attempt in policy(): with attempt: ...`, or `policy()(fn)`.
-    The last failure is raised as it is."""
+    `within`: no new attempt once that many seconds have passed. The last failure is raised as it is."""
+    stop = tenacity.stop_after_attempt(attempts or ATTEMPTS)
+    if within is not None:
+        stop = stop | tenacity.stop_after_delay(within)
     return tenacity.Retrying(
         retry=tenacity.retry_if_exception(retry_on),
-        stop=tenacity.stop_after_attempt(attempts or ATTEMPTS),
+        stop=stop,
         wait=tenacity.wait_exponential(multiplier=BACKOFF_S, max=MAX_WAIT_S),
         reraise=True,
     )

@@ -9,6 +9,8 @@ from pathlib import Path
 import pytest
 from support import cmdline, pid_alive
 
+pytest_plugins = ["download_support"]  # the mirror and tiny repos of the download tests
+
 
 @pytest.fixture(autouse=True)
 def instant_retries(monkeypatch):

@@ -17,7 +17,7 @@ import pytest
 import yaml
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
-from test_manifest import BASE, BAD_SOURCE, BAD_UID, edit
+from test_manifest import BAD_SOURCE, BAD_UID, BASE, edit
 
 from provision.errors import ManifestError
 from provision.manifest import load
@@ -139,7 +139,7 @@ def test_an_endless_file_is_read_in_bounds():
 
 # -- property-based fuzz of the loader ---------------------------------------------------------------------
 
-FUZZ = settings(max_examples=150, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
+FUZZ = settings(max_examples=150, deadline=None, derandomize=True, suppress_health_check=[HealthCheck.function_scoped_fixture])
 
 
 def loads_or_reports(path: Path) -> None:
@@ -186,3 +186,36 @@ def validate_file(tmp_path, invoke, monkeypatch):
         result = invoke(["--state-dir", tmp_path / "state", "validate", *options, path])
         return result.exit_code, result.stdout + result.stderr
     return run
+
+
+def paths_of(node, prefix=()):
+    yield prefix
+    if isinstance(node, dict):
+        for key, value in node.items():
+            yield from paths_of(value, prefix + (key,))
+    elif isinstance(node, list):
+        for i, value in enumerate(node):
+            yield from paths_of(value, prefix + (i,))
+
+
+VALID = yaml.safe_load(BASE)
+VALID_PATHS = [p for p in paths_of(VALID) if p]
+
+
+@FUZZ
+@given(st.lists(st.tuples(st.sampled_from(VALID_PATHS), trees), min_size=1, max_size=3))
+def test_a_valid_manifest_with_any_value_replaced_validates_or_is_manifest_problems(tmp_path, edits):
+    import copy
+
+    tree = copy.deepcopy(VALID)
+    for path, value in edits:
+        try:
+            node = tree
+            for part in path[:-1]:
+                node = node[part]
+            node[path[-1]] = value
+        except (KeyError, IndexError, TypeError):
+            continue  # an earlier edit replaced what this path ran through
+    path = tmp_path / "fuzz.yml"
+    path.write_text(yaml.safe_dump(tree, allow_unicode=True))
+    loads_or_reports(path)

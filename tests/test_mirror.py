@@ -143,13 +143,13 @@ def test_listing_shape_and_sha256_is_computed_once(mirror, monkeypatch):
     from provision.mirror import files as mirror_mod
 
     calls = []
-    real = mirror_mod.hashlib.file_digest
+    real = mirror_mod._sha256_of
 
-    def counting(fh, name):
-        calls.append(fh.name)
-        return real(fh, name)
+    def counting(path):
+        calls.append(str(path))
+        return real(path)
 
-    monkeypatch.setattr(mirror_mod.hashlib, "file_digest", counting)
+    monkeypatch.setattr(mirror_mod, "_sha256_of", counting)
     target = f"/api/v1/models/{MODEL}/repo/files?Revision=master&Recursive=True"
     status, _, body = raw_get(mirror, target)
     status2, _, body2 = raw_get(mirror, target)

@@ -14,6 +14,7 @@ import requests
 from ..errors import HubError
 from ..manifest import Candidate, DownloadSpec
 from ..report import human_bytes
+from . import hub
 
 
 
@@ -83,6 +84,17 @@ def _translate(exc: Exception, ctx: HubContext) -> HubError | None:
         detail = f"{path}: {(str(first).strip().splitlines() or [type(first).__name__])[0]}"
     status = _status(errors)
 
+    if isinstance(exc, hub.BadListing):
+        if "outside the model folder" in str(exc):
+            return HubError(f"{who}: the hub at {where} sent a listing that would write outside the model folder: "
+                            f"{exc}; nothing was downloaded",
+                            hint="this hub cannot be trusted: check download.endpoint (an intranet mirror? a proxy?)")
+        return HubError(f"{who}: {where} did not answer like a ModelScope hub ({exc}); nothing was downloaded",
+                        hint="check download.endpoint: it must be the hub's base URL, e.g. http://mirror:8080")
+    if isinstance(exc, hub.HubTimeout):
+        return HubError(f"{who}: the hub at {where} timed out after {hub.LISTING_DEADLINE_S:g} s ({exc})",
+                        hint="the hub answers too slowly or not at all: try again later, or check download.endpoint "
+                        "and the network (proxy, firewall)")
     if any(isinstance(e, OSError) and e.errno == errno.ENOSPC for e in errors):
         need = f"; the download needs {human_bytes(ctx.need)}" if ctx.need else ""
         return HubError(f"{who}: the disk filled up while downloading into {c.folder}{need}",
@@ -109,6 +121,8 @@ def _translate(exc: Exception, ctx: HubContext) -> HubError | None:
     if status is not None and status >= 500:
         return HubError(f"{who}: the hub at {where} failed with HTTP {status}; it is unreachable or broken",
                         hint=f"try again later, or {unreachable}")
+    if isinstance(exc, requests.TooManyRedirects):
+        return HubError(f"{who}: the hub at {where} redirects in a loop", hint=unreachable)
     if any(isinstance(e, (ConnectionError, TimeoutError, requests.ConnectionError, requests.Timeout))
            or "Connect" in type(e).__name__ or "Timeout" in type(e).__name__ for e in errors):
         reason = re.search(r"\[Errno -?\d+\] [^\"')\n]+", detail)  # urllib3's text buries it

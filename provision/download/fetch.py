@@ -21,6 +21,7 @@ from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Callable, Iterable, Mapping
 
+from .. import redact
 from ..errors import HubError
 from ..manifest import Candidate, DownloadSpec
 from . import hub
@@ -90,7 +91,7 @@ def download_model(candidate: Candidate, spec: DownloadSpec, *, environ: Mapping
 def _download_modelscope(c: Candidate, spec: DownloadSpec, environ: Mapping[str, str], emit: Emit) -> DownloadResult:
     endpoint = hub.resolve_endpoint(spec.endpoint, environ)  # passed per call: the client's config is a singleton
     token = environ.get(spec.token_env) or None
-    ctx = HubContext(c, spec, endpoint or f"{hub.DEFAULT_ENDPOINT} (the default)", token_set=bool(token))
+    ctx = HubContext(c, spec, redact.url(endpoint) or f"{hub.DEFAULT_ENDPOINT} (the default)", token_set=bool(token))
     folder = c.folder
     with hub_errors(ctx):
         emit("listing")
@@ -117,9 +118,10 @@ def _download_huggingface(c: Candidate, spec: DownloadSpec, environ: Mapping[str
         from huggingface_hub import snapshot_download
     except ImportError as exc:
         raise HubError("download.hub: huggingface needs the huggingface_hub package",
-                       hint="pip install huggingface_hub, or use hub: modelscope") from exc
+                       hint="pip install 'provision[huggingface]', or use hub: modelscope") from exc
     token = environ.get(spec.token_env) or None
-    ctx = HubContext(c, spec, spec.endpoint or environ.get("HF_ENDPOINT") or "https://huggingface.co", bool(token))
+    ctx = HubContext(c, spec, redact.url(spec.endpoint or environ.get("HF_ENDPOINT") or "https://huggingface.co"),
+                     bool(token))
     before = local_files(c.folder)
     emit("downloading")
     with hub_errors(ctx):

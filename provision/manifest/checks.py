@@ -44,7 +44,7 @@ def check(data: dict, lines: dict | None = None) -> list[Problem]:
     for i, spec in enumerate(models):
         if not isinstance(spec, dict):
             continue
-        role = spec.get("role")
+        role = spec.get("role") if isinstance(spec.get("role"), str) else None
         if role in counts:
             counts[role] += 1
         fallbacks = spec.get("fallbacks") if isinstance(spec.get("fallbacks"), list) else []

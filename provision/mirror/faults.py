@@ -17,6 +17,7 @@ class Fault:
     status:      answer this HTTP status with a JSON error body.
     drop_after:  downloads: announce the full length, send this many bytes, then cut the connection.
     bad_sha256:  listings: advertise a wrong Sha256.
+    body:        listings: answer 200 with these bytes as the body (a listing that lies, or is no listing).
     delay_s:     sleep this long before answering (stalls, timeouts).
     times:       apply to the first N matching requests only (None: to every one).
     """
@@ -27,6 +28,7 @@ class Fault:
     status: int | None = None
     drop_after: int | None = None
     bad_sha256: bool = False
+    body: bytes | None = None
     delay_s: float = 0.0
     times: int | None = None
     hits: int = 0

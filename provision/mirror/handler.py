@@ -7,6 +7,7 @@ import hmac
 import json
 import logging
 import os
+import re
 import socket
 import time
 import uuid
@@ -16,7 +17,8 @@ from typing import TYPE_CHECKING, NamedTuple
 from urllib.parse import parse_qs, unquote, urlsplit
 
 from .faults import Fault
-from .files import SEGMENT, hidden_path, parse_range, safe_relpath, walk
+from ..modelfiles import safe_relpath
+from .files import SEGMENT, hidden_path, parse_range, walk
 
 if TYPE_CHECKING:
     from .server import MirrorServer, _HTTPServer
@@ -25,6 +27,7 @@ log = logging.getLogger("provision.mirror")
 
 API = ("api", "v1")
 _CHUNK = 1024 * 1024
+_REQUEST_ID = re.compile(r"[A-Za-z0-9._-]{1,64}")
 
 
 class LoggedRequest(NamedTuple):
@@ -49,6 +52,7 @@ class LoggedRequest(NamedTuple):
 class Handler(BaseHTTPRequestHandler):
     server: _HTTPServer
     protocol_version = "HTTP/1.1"
+    disable_nagle_algorithm = True  # head and body go out in separate writes: no 40 ms delayed-ACK stall
     server_version = "provision-mirror"
     timeout = 120  # an idle keep-alive connection is closed after this
 
@@ -87,7 +91,9 @@ class Handler(BaseHTTPRequestHandler):
         self._head = head
         self._status = 0
         self._sent = 0
-        self._request_id = self.headers.get("X-Request-ID") or uuid.uuid4().hex
+        offered = self.headers.get("X-Request-ID") or ""
+        # Echoed in a header: only a plain token, never a folded or otherwise crafted value.
+        self._request_id = offered if _REQUEST_ID.fullmatch(offered) else uuid.uuid4().hex
         started = time.monotonic()
         try:
             self._route()
@@ -202,6 +208,11 @@ class Handler(BaseHTTPRequestHandler):
     def _listing(self, model_id: str, model_dir: Path, query: dict[str, str]) -> None:
         fault = self._fault("listing", model_id)
         if fault is not None and fault.status is not None:
+            return
+        if fault is not None and fault.body is not None:
+            self._send_head(200, {"Content-Type": "application/json", "Content-Length": str(len(fault.body))})
+            self.wfile.write(fault.body)
+            self._sent += len(fault.body)
             return
         revision = query.get("Revision") or "master"
         recursive = query.get("Recursive", "True").lower() in ("true", "1", "yes")

@@ -27,6 +27,7 @@ import socket
 import sys
 import threading
 import time
+from collections import deque
 from http.server import ThreadingHTTPServer
 from pathlib import Path
 
@@ -64,6 +65,8 @@ class MirrorServer:
         port: int = 0,
         token: str | None = None,
         rate_limit_bytes_per_s: int | None = None,
+        log_limit: int = 10_000,
+        hash_limit: int = 4096,
     ):
         self.root = Path(root).resolve()
         if not self.root.is_dir():
@@ -71,8 +74,8 @@ class MirrorServer:
         self.token = token
         self.rate_limit_bytes_per_s = rate_limit_bytes_per_s
         self.faults = FaultPlan()
-        self.request_log: list[LoggedRequest] = []
-        self.hashes = HashCache()
+        self.request_log: deque[LoggedRequest] = deque(maxlen=log_limit)  # the latest requests, for tests and logs
+        self.hashes = HashCache(hash_limit)
         try:
             self._httpd = _HTTPServer((host, port), Handler, self)
         except OSError as exc:

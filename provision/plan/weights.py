@@ -6,6 +6,7 @@ from __future__ import annotations
 
 from typing import TYPE_CHECKING, Mapping
 
+from .. import redact
 from ..manifest import Candidate, Manifest
 from ..modelfiles import weight_bytes
 from ..report import human_bytes
@@ -53,7 +54,7 @@ def weights_text(manifest: Manifest, c: Candidate, observed: Observed, to_fetch:
     listing = observed.listings.get((c.source, c.revision))
     size = f" ({human_bytes(to_fetch)})" if to_fetch is not None else ""
     size = f" (size unknown: {listing})" if to_fetch is None and isinstance(listing, str) else size
-    hub = manifest.download.endpoint or manifest.download.hub
+    hub = redact.url(manifest.download.endpoint) or manifest.download.hub
     if skipped:
         return f"not fetched: skipped{size}"
     return f"download {c.source} from {hub}{size}" if fetched_first else f"downloaded if reached{size}"
