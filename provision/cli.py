@@ -6,7 +6,9 @@ Only click is imported at start-up; every command imports what it needs when it 
 
 from __future__ import annotations
 
+import contextlib
 import os
+import signal
 import sys
 
 import click
@@ -25,6 +27,12 @@ class _Group(click.Group):
         except click.ClickException:
             raise
         except KeyboardInterrupt:
+            obj = ctx.obj or {}
+            if obj.get("json"):
+                from .report import envelope, print_json
+
+                print_json(envelope(obj.get("command", ""), 130, errors=[{
+                    "type": "Interrupted", "message": "interrupted", "hint": "`provision status` shows what was started"}]))
             click.echo("interrupted", err=True)
             sys.exit(130)
         except Exception as exc:  # noqa: BLE001 - the single place errors are rendered
@@ -58,6 +66,19 @@ def _start(ctx: click.Context, command: str, as_json: bool = False) -> dict:
     ctx.obj = ctx.obj or {}
     ctx.obj.update(command=command, json=as_json)
     return ctx.obj
+
+
+@contextlib.contextmanager
+def _sigterm_interrupts():
+    """SIGTERM ends a long command like Ctrl-C does: through its cleanup, not past it."""
+    def interrupt(signum, frame):
+        raise KeyboardInterrupt()
+
+    previous = signal.signal(signal.SIGTERM, interrupt)
+    try:
+        yield
+    finally:
+        signal.signal(signal.SIGTERM, previous)
 
 
 def _render(ctx: click.Context, result, exit_code: int | None = None) -> None:
@@ -199,22 +220,27 @@ def plan(ctx: click.Context, manifest: str, as_json: bool) -> None:
 @cli.command()
 @click.argument("manifest", type=click.Path(dir_okay=False))
 @_json_option
+@click.option("--refetch", multiple=True, metavar="UID",
+              help="Check this model's weights against the hub and fetch what differs (repeatable); a running "
+              "model is relaunched.")
 @click.pass_context
-def up(ctx: click.Context, manifest: str, as_json: bool) -> None:
+def up(ctx: click.Context, manifest: str, as_json: bool, refetch: tuple[str, ...]) -> None:
     """Plan, download, serve, launch with fallbacks, verify, and write the RAGFlow config.
 
-    Re-running `up` keeps what is already running and unchanged.
+    Re-running `up` keeps what is already running and unchanged. Ctrl-C or SIGTERM stops it within
+    seconds; what it started is recorded, so `status` shows it and `down` stops it.
 
     \b
     Example:
       provision up manifests/cpu-small.yml
       provision --state-dir /srv/rag/.provision up manifests/low-vram.yml --json
+      provision up manifests/cpu-small.yml --refetch qwen3-chat   # weights damaged: check and fetch again
     """
     _start(ctx, "up", as_json)
     from . import apply
 
-    with _console(as_json) as console:
-        result = apply.up(manifest, _state_dir(ctx), console=console)
+    with _console(as_json) as console, _sigterm_interrupts():
+        result = apply.up(manifest, _state_dir(ctx), console=console, refetch=refetch)
     _render(ctx, result)
 
 

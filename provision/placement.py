@@ -9,6 +9,7 @@ is a comma-separated list whose entries are either such an address (that very wo
 
 from __future__ import annotations
 
+import ipaddress
 from typing import Any
 
 
@@ -23,9 +24,15 @@ def worker_addresses(cluster_info: Any) -> list[str]:
 
 
 def host_of(address: str) -> str:
-    """`10.0.0.5` of `10.0.0.5:40001`; an address without a port is its own host."""
+    """`10.0.0.5` of `10.0.0.5:40001`, `fd00::1` of `[fd00::1]:40001`; an address without a port (an IPv6
+    literal too) is its own host."""
     if address.startswith("["):
         return address[1:address.find("]")] if "]" in address else address
+    try:
+        ipaddress.ip_address(address)
+        return address
+    except ValueError:
+        pass
     host, colon, port = address.rpartition(":")
     return host if colon and port.isdigit() else address
 
@@ -47,7 +54,9 @@ def worker_ip_problem(worker_ip: str | None, workers: list[str] | None) -> str |
 
 
 def same_worker(address: str | None, worker_ip: str) -> bool:
-    """Whether a GPU reported for worker `address` (None: this machine) may take a model placed on `worker_ip`."""
+    """Whether a GPU reported for worker `address` (None: this machine) may take a model placed on `worker_ip`:
+    one of its entries is on the GPU's host (the workers of one host share its GPUs)."""
     if address is None:
         return True
-    return address == worker_ip or address.split(":")[0] == worker_ip.split(":")[0]
+    host = host_of(address)
+    return any(host_of(entry) == host for entry in entries(worker_ip))

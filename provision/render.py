@@ -135,6 +135,9 @@ def status(result) -> Rendered:
              + ([", ".join(m.workers) or "-"] if placed else []) for m in result.models],
         ),
     ]
+    rows = [row for m in result.models for row in attempt_rows(m)]
+    if rows:
+        lines += ["", "Attempts", table(["uid", "candidate", "model", "engine", "outcome", "time", "reason"], rows)]
     lines += [f"  {m.uid}: {m.error}" for m in result.models if m.error]
     data = {
         "name": state.name,

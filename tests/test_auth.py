@@ -104,7 +104,8 @@ def test_first_run_setup_sequence_and_payloads(tmp_path, state_dir, home):
     credentials = ensure_credentials(URL, home, log, state_dir, on_event=events.append)
 
     assert calls() == [("GET", "/v1/admin/setup/status"), ("POST", "/v1/admin/setup"), ("POST", "/token"),
-                       ("POST", "/v1/admin/keys"), ("GET", "/v1/models")]
+                       ("POST", "/v1/admin/keys"), ("GET", "/v1/models"),
+                       ("GET", "/v1/admin/keys")]  # the keys it replaces, to revoke them (none on a new server)
     body = json.loads(setup.calls[0].request.body)
     assert body["setup_token"] == "tok-from-log" and body["username"] == "admin" and len(body["password"]) >= 24
     assert json.loads(login.calls[0].request.body) == {"username": "admin", "password": body["password"]}
@@ -220,7 +221,8 @@ def test_a_taken_key_name_gets_a_suffix(tmp_path, state_dir, home):
     responses.post(f"{URL}/v1/admin/keys", status=201, json={"key": KEY})
     responses.get(f"{URL}/v1/models", json={"data": []})
     credentials = ensure_credentials(URL, home, tmp_path / "server.log", state_dir)
-    names = [json.loads(c.request.body)["name"] for c in responses.calls if c.request.path_url == "/v1/admin/keys"]
+    names = [json.loads(c.request.body)["name"] for c in responses.calls
+             if c.request.path_url == "/v1/admin/keys" and c.request.method == "POST"]
     assert len(names) == 2 and names[1].startswith(names[0] + "-") and credentials.key_name == names[1]
 
 

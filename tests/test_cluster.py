@@ -13,6 +13,7 @@ from __future__ import annotations
 import os
 import signal
 import socket
+import subprocess
 import sys
 import time
 from pathlib import Path
@@ -108,6 +109,14 @@ def stop(*_):
     append("stops", "worker " + port)
     os._exit(0)
 signal.signal(signal.SIGTERM, stop)
+if os.environ.get("STANDIN_CHILD") == port:
+    # like a worker's model process: same process group, holds the worker's port, outlives a SIGKILLed worker
+    import subprocess
+    code = ("import socket, sys, time; s = socket.socket(); s.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1); "
+            "s.bind((sys.argv[1], int(sys.argv[2]))); s.listen(); time.sleep(120)")
+    child = subprocess.Popen([sys.executable, "-c", code, host, port, str(folder)])
+    append("pids", str(child.pid))
+    append("child", str(child.pid))
 if os.environ.get("STANDIN_FAIL") == port:
     print("boom: worker " + port + " cannot start", flush=True)
     sys.exit(5)
@@ -413,3 +422,42 @@ def test_a_taken_worker_port_fails_before_starting_anything(standins, reaper: Pa
     assert f"port {spec.worker_port + 1} is already in use" in info.value.message and "worker 2" in info.value.message
     assert "server.worker_port" in info.value.hint
     assert not (reaper / "pids").exists()
+
+
+def test_the_group_of_a_killed_worker_is_stopped_by_down(standins, reaper: Path):
+    """Defect 17: a worker SIGKILLed leaves its model process alive in its process group, holding its port."""
+    spec = cluster_spec(reaper, workers=1, STANDIN_CHILD=str(free_ports(1)))
+    spec = spec.model_copy(update={"worker_port": int(spec.env["STANDIN_CHILD"])})
+    record = cluster.start_cluster(spec, reaper / "home", reaper / "logs", executables=standins, timeout=60)
+    deadline = time.monotonic() + 10
+    while not (reaper / "child").exists() and time.monotonic() < deadline:
+        time.sleep(0.05)
+    child = int((reaper / "child").read_text())
+    worker = record.workers[0]
+    os.kill(worker.pid, signal.SIGKILL)
+    while pid_alive(worker.pid):
+        time.sleep(0.05)
+    assert pid_alive(child) and not port_free(spec.worker_port)  # what the issue saw: the port stays held
+
+    outcome = server.stop_server(record, grace=2)
+    assert f"worker {worker.address}: not running; stopped 1 leftover process of its group (pid {child})" in outcome
+    assert not pid_alive(child) and port_free(spec.worker_port)
+    assert alive_pids(reaper) == []
+
+
+def test_leftovers_of_a_group_are_left_alone_when_they_are_older_than_its_leader(reaper: Path):
+    """A group number is only ours while its members were born after the process we recorded."""
+    code = ("import subprocess, sys; c = subprocess.Popen([sys.executable, '-c', 'import time; time.sleep(60)', "
+            "sys.argv[1]]); print(c.pid, flush=True)")
+    leader = subprocess.Popen([sys.executable, "-c", code, str(reaper)], start_new_session=True, stdout=subprocess.PIPE,
+                              text=True)
+    member = int(leader.stdout.readline())
+    (reaper / "pids").write_text(f"{member}\n")
+    leader.wait()
+    born = procs.identity(member)[1]
+    recorded = WorkerRecord(address="127.0.0.1:1", pid=leader.pid, pgid=leader.pid, cmdline=["python"],
+                            create_time=born + 5)  # the leader we "recorded" started after this member
+    outcome = server.stop_server(ServerRecord(url="http://x:1", managed=True, workers=[recorded]))
+    assert "processes of its group remain" in outcome and str(member) in outcome
+    assert pid_alive(member)
+    os.kill(member, signal.SIGKILL)

@@ -6,6 +6,7 @@ the real `provision plan`.
 from __future__ import annotations
 
 import json
+import os
 import shutil
 import socket
 import subprocess
@@ -196,3 +197,18 @@ def plan_json(tmp_path, invoke):
         doc = json.loads(result.stdout)
         return (doc, result.stdout + result.stderr + human.stdout + human.stderr) if text else doc
     return run
+
+
+# -- defect 25: a damaged weight file is fetched again when asked (`up --refetch UID`) -------------------
+
+def test_refetch_checks_a_trusted_folder_against_the_hub(mirror, models_dir):
+    from download_support import WEIGHTS, fetch
+
+    fetch(EMBED, mirror.url, models_dir)
+    weights = models_dir / EMBED / "model.safetensors"
+    stat = weights.stat()
+    weights.write_bytes(b"\xff" * len(WEIGHTS))  # bit rot: same size, and the same mtime below
+    os.utime(weights, ns=(stat.st_atime_ns, stat.st_mtime_ns))
+    assert fetch(EMBED, mirror.url, models_dir).skipped  # the record trusts the folder
+    result = fetch(EMBED, mirror.url, models_dir, verify=True)
+    assert not result.skipped and weights.read_bytes() == WEIGHTS

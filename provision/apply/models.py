@@ -5,12 +5,14 @@ from __future__ import annotations
 
 import threading
 import time
+from contextlib import contextmanager
 from dataclasses import dataclass, replace
 from pathlib import Path
-from typing import Any
+from typing import Any, Iterator
 
 from .. import download, launch
 from ..download import DownloadProgress
+from ..download.folder import forget_record
 from ..errors import ProvisionError
 from ..manifest import Candidate
 from ..plan import RELAUNCH, ModelStep, Plan
@@ -95,10 +97,11 @@ def bring_up(run: UpRun, plan: Plan, index: int, launch_slots: threading.Semapho
     except ProvisionError:
         pass
     run.add_span("download", started)
-    run.server_ready.wait()
+    while not run.server_ready.wait(0.2):
+        run.check_stop()
     if run.server_error is not None:
         return
-    with launch_slots:
+    with _slot(run, launch_slots):
         if step.action == RELAUNCH:
             console.line(f"[launch] {step.uid}: terminating the running instance ({step.reason})")
             run.client.terminate(step.uid)
@@ -110,10 +113,16 @@ def bring_up(run: UpRun, plan: Plan, index: int, launch_slots: threading.Semapho
             resolve_path=resolve,
             log_tail=lambda: "\n".join(log_tail(log, 60) for log in logs if log.exists()),
             on_event=lambda event: _show_launch(console, step, event),
+            on_launch=lambda candidate, payload: _record_launching(run, step, candidate, payload),
+            sleep=run.sleep,
         )
         run.add_span("launch", started)
     winner = result.winner
     attempts = chosen.attempts(result.attempts)
+    for attempt in result.attempts:
+        damaged = next((c for c in candidates if c.label == attempt.candidate), None)
+        if attempt.kind == "damaged_weights" and damaged is not None and damaged.folder is not None:
+            forget_record(damaged.folder)  # the next `up` checks these weights against the hub
     record = ModelRecord(
         role=step.role,
         uid=step.uid,
@@ -133,6 +142,27 @@ def bring_up(run: UpRun, plan: Plan, index: int, launch_slots: threading.Semapho
     if winner:
         _read_model_facts(run.client, record)
     run.put_model(record)
+
+
+@contextmanager
+def _slot(run: UpRun, slots: threading.Semaphore) -> Iterator[None]:
+    """Hold one of `slots`; waiting for it ends when `up` is told to stop."""
+    while not slots.acquire(timeout=0.2):
+        run.check_stop()
+    try:
+        yield
+    finally:
+        slots.release()
+
+
+def _record_launching(run: UpRun, step: ModelStep, candidate: Candidate, payload: dict) -> None:
+    """The launch is asked for: from now on the state says so, so a `down` after a killed `up` finds it."""
+    previous = run.state.model(step.uid)
+    run.put_model(ModelRecord(
+        role=step.role, uid=step.uid, model_type=candidate.model_type, status="launching", candidate=candidate.label,
+        name=candidate.name, engine=candidate.engine, payload=payload, chain_key=step.chain_key,
+        folder=str(candidate.folder) if candidate.folder else None, launched_at=time.time(),
+        attempts=previous.attempts if previous else []))
 
 
 def _show_launch(console, step: ModelStep, event: launch.LaunchEvent) -> None:
@@ -156,11 +186,17 @@ def _server_logs(run: UpRun) -> list[Path]:
 
 
 def _fetch(run: UpRun, candidate: Candidate) -> Path | ProvisionError:
+    with _slot(run, run.download_slots):  # download.parallel at a time
+        return _fetch_now(run, candidate)
+
+
+def _fetch_now(run: UpRun, candidate: Candidate) -> Path | ProvisionError:
     console = run.console
     try:
         result = download.download_model(
             candidate,
             run.manifest.download,
+            verify=candidate.uid in run.refetch,
             progress=lambda event: console.progress(candidate.uid, f"[download] {_progress_text(event)}"),
         )
         console.done(candidate.uid)

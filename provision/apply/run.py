@@ -1,8 +1,15 @@
 """The mutable bits of one `up`, shared by its stage threads: the state (every write goes through here),
-the clients once the server answers, and the clock of each stage."""
+the clients once the server answers, the clock of each stage, and the stop signal.
+
+An interrupted `up` (Ctrl-C, SIGTERM) sets `stop`: every wait of a stage thread (`run.sleep`) then raises
+Interrupted, so a chain cleans up the launch it has in flight and ends within seconds. What was asked of
+the server is in the state from the moment it was asked (`launching`), so `down` finds it even after a
+SIGKILL.
+"""
 
 from __future__ import annotations
 
+import os
 import threading
 import time
 from dataclasses import dataclass, field
@@ -29,10 +36,18 @@ class UpResult:
     terminated: list[str] = field(default_factory=list)
 
 
+class Interrupted(KeyboardInterrupt):
+    """Raised in a stage thread when `up` was told to stop."""
+
+
 class UpRun:
     """The mutable bits of one `up`, shared by the stage threads; every state write goes through here."""
 
     def __init__(self, manifest: Manifest, state_dir: StateDir, state: State, console: Console):
+        # The server's environment is taken now, in the main thread, before any stage thread could change it.
+        self.environ = dict(os.environ)
+        self.stop = threading.Event()
+        self.download_slots = threading.Semaphore(manifest.download.parallel)
         self.manifest = manifest
         self.state_dir = state_dir
         self.state = state
@@ -47,6 +62,9 @@ class UpRun:
         self.started = time.monotonic()
         self.first_ready: float | None = None
         self.stage_seconds: dict[str, float] = {}
+        self.refetch: set[str] = set()  # uids whose weights are checked against the hub again (--refetch)
+        self.terminated: list[str] = []  # models no longer in the manifest, terminated before the launches
+        self.crashed: list[BaseException] = []  # a stage thread's unexpected error, raised again by `up`
         self.spans: dict[str, tuple[float, float]] = {}
 
     def save(self) -> None:
@@ -72,4 +90,17 @@ class UpRun:
         with self.lock:
             self.state.server = record
             self.state_dir.write(self.state)
+
+    def server_environ(self) -> dict[str, str]:
+        """The environment the server is started with: this process's, as it was when `up` began."""
+        return dict(self.environ)
+
+    def sleep(self, seconds: float) -> None:
+        """A stage thread's wait; raises Interrupted as soon as `up` is told to stop."""
+        if self.stop.wait(seconds):
+            raise Interrupted()
+
+    def check_stop(self) -> None:
+        if self.stop.is_set():
+            raise Interrupted()
 

@@ -12,13 +12,14 @@ from __future__ import annotations
 import os
 import threading
 import time
-from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
+from typing import Iterable
 
 from .. import verify
 from ..auth import security_warnings
 from ..console import Console
-from ..errors import EXIT_FAILED, EXIT_OK, EXIT_PARTIAL
+from ..download.fetch import quiet_progress_bars
+from ..errors import EXIT_FAILED, EXIT_OK, EXIT_PARTIAL, UsageError
 from ..manifest import load
 from ..observe import observe
 from ..plan import KEEP, TERMINATE, Plan, make_plan
@@ -27,22 +28,29 @@ from ..render import plan_lines
 from ..runtime import server
 from ..state import State, StateDir
 from .models import bring_up
-from .run import UpResult, UpRun
+from .run import Interrupted, UpResult, UpRun
 from .serve import serve
 
 
 # Launches beyond this wait their turn: each model process imports torch (~20 s of CPU on a small
 # machine) and Xinference itself allows 5 concurrent launches.
 MAX_PARALLEL_LAUNCHES = max(1, min(3, (os.cpu_count() or 2)))
+STOP_GRACE_S = 10.0  # after Ctrl-C/SIGTERM: how long the stage threads get to clean up their launches
 
 
-
-def up(manifest_path: str, state_dir: StateDir, console: Console | None = None) -> UpResult:
+def up(manifest_path: str, state_dir: StateDir, console: Console | None = None,
+       refetch: Iterable[str] = ()) -> UpResult:
+    """Make the manifest true. `refetch`: uids whose weights are checked against the hub and fetched again."""
     console = console or Console()
     manifest = load(manifest_path)
+    refetch = set(refetch)
+    unknown = sorted(refetch - {m.uid for m in manifest.models})
+    if unknown:
+        raise UsageError(f"--refetch {', '.join(unknown)}: no such model uid in {manifest_path}",
+                         hint=f"uids: {', '.join(m.uid for m in manifest.models)}")
     with state_dir.lock("up"):
         previous = state_dir.read()
-        plan = make_plan(manifest, observe(manifest, previous, state_dir))
+        plan = make_plan(manifest, observe(manifest, previous, state_dir), refetch=refetch)
         plan.warnings += security_warnings(manifest, state_dir)
         for warning in plan.warnings:
             console.warn(warning)
@@ -58,37 +66,42 @@ def up(manifest_path: str, state_dir: StateDir, console: Console | None = None) 
         kept = {s.uid for s in plan.steps if s.action == KEEP}
         if previous:
             state.models = [m for m in previous.models if m.uid in kept]
-        run = UpRun(manifest, state_dir, state, console)
+        run = UpRun(manifest, state_dir, state, console)  # takes the server's environment first
+        run.refetch = refetch
+        quiet_progress_bars()
         run.previous_server = previous.server if previous else None
         try:
             return _apply(run, plan)
         except KeyboardInterrupt:
             run.save()
-            console.line(f"interrupted: what was started is recorded in {state_dir.path}; `provision down` stops it")
+            console.line(f"interrupted: what was started is recorded in {state_dir.path}; `provision status` shows "
+                         "it, `provision down` stops it, `provision up` goes on")
             raise
 
 
 def _apply(run: UpRun, plan: Plan) -> UpResult:
     manifest, console = run.manifest, run.console
-    serve_thread = threading.Thread(target=serve, args=(run, plan), name="serve", daemon=True)
-    serve_thread.start()
-    to_launch = [(i, s) for i, s in enumerate(plan.steps) if s.action not in (KEEP, TERMINATE)]
     launch_slots = threading.Semaphore(MAX_PARALLEL_LAUNCHES)
-    with ThreadPoolExecutor(max_workers=max(1, len(to_launch)), thread_name_prefix="model") as pool:
-        futures = [pool.submit(bring_up, run, plan, index, launch_slots) for index, _ in to_launch]
-        serve_thread.join()
-        for future in futures:
-            future.result()
+    threads = [_stage(run, "serve", serve, run, plan)]
+    threads += [_stage(run, f"model-{step.uid}", bring_up, run, plan, index, launch_slots)
+                for index, step in enumerate(plan.steps) if step.action not in (KEEP, TERMINATE)]
+    try:
+        for thread in threads:
+            while thread.is_alive():  # joined in slices: Ctrl-C and SIGTERM reach this thread at once
+                thread.join(0.2)
+    except KeyboardInterrupt:
+        run.stop.set()  # every stage thread's next wait raises; a chain deletes the launch it has in flight
+        console.line("interrupted: stopping the launches in progress")
+        deadline = time.monotonic() + STOP_GRACE_S
+        for thread in threads:
+            thread.join(max(0.0, deadline - time.monotonic()))
+        raise
+    if run.crashed:
+        raise run.crashed[0]
     if run.server_error is not None:
         run.save()
         raise run.server_error
-
-    terminated = []
-    for step in plan.steps:
-        if step.action == TERMINATE:
-            console.line(f"[launch] {step.uid}: terminating ({step.reason})")
-            run.client.terminate(step.uid)
-            terminated.append(step.uid)
+    terminated = run.terminated
     run.save()
 
     running = [m for m in run.state.models if m.status == "running"]
@@ -120,3 +133,17 @@ def _apply(run: UpRun, plan: Plan) -> UpResult:
         timings["first_ready"] = run.first_ready
     return UpResult(plan, run.state, checks, provider, files, paste, timings, exit_code, terminated)
 
+
+def _stage(run: UpRun, name: str, target, *args) -> threading.Thread:
+    """A stage in a thread of its own; an unexpected error is kept for `up` to raise, not lost in the thread."""
+    def guarded() -> None:
+        try:
+            target(*args)
+        except Interrupted:
+            pass
+        except BaseException as exc:  # noqa: BLE001 - re-raised by _apply in the main thread
+            run.crashed.append(exc)
+
+    thread = threading.Thread(target=guarded, name=name, daemon=True)
+    thread.start()
+    return thread

@@ -7,7 +7,7 @@ import time
 
 from .. import auth
 from ..errors import ProvisionError, ServerError
-from ..plan import Plan
+from ..plan import TERMINATE, Plan
 from ..report import seconds
 from ..runtime import cluster, server
 from ..state import ServerRecord
@@ -36,6 +36,7 @@ def serve(run: UpRun, plan: Plan) -> None:
                 on_event=lambda text: console.line(f"[server] {text}"),
                 on_started=lambda rec: run.record_server(rec),
                 on_progress=lambda waited: console.progress("server", f"[server] waiting for the API ({waited:.0f}s)"),
+                base_env=run.server_environ(),
             )
             record.auth = spec.auth
             run.record_server(record)
@@ -52,6 +53,7 @@ def serve(run: UpRun, plan: Plan) -> None:
                 hub=manifest.download.hub,
                 on_started=lambda rec: run.record_server(rec),
                 on_progress=lambda waited: console.progress("server", f"[server] waiting for the API ({waited:.0f}s)"),
+                base_env=run.server_environ(),
             )
             record.auth = manifest.server.auth
             run.record_server(record)
@@ -83,6 +85,7 @@ def serve(run: UpRun, plan: Plan) -> None:
             console.line(f"[server] workers joined in {seconds(time.monotonic() - waited)}: {', '.join(listed)}")
         if not record.managed:
             run.key_client.list_models()  # a refused key ends `up` here, naming the variable to set
+        _terminate_removed(run, plan)
     except ProvisionError as exc:
         run.server_error = exc
     finally:
@@ -90,3 +93,11 @@ def serve(run: UpRun, plan: Plan) -> None:
         run.stage_seconds["serve"] = time.monotonic() - started
         run.server_ready.set()
 
+
+def _terminate_removed(run: UpRun, plan: Plan) -> None:
+    """Models no longer in the manifest go first: the launches that follow get the memory they held."""
+    for step in plan.steps:
+        if step.action == TERMINATE:
+            run.console.line(f"[launch] {step.uid}: terminating ({step.reason})")
+            run.client.terminate(step.uid)
+            run.terminated.append(step.uid)

@@ -27,6 +27,7 @@ class Credentials:
     url: str = ""
     home: str = ""  # XINFERENCE_HOME: the accounts live in its auth database
     key_name: str = ""
+    key_id: int | None = None  # the server's id of api_key: the key this one replaces is revoked by it
 
 
 def credentials_path(state_dir: StateDir) -> Path:

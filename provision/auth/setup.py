@@ -108,12 +108,18 @@ def ensure_credentials(
     token, _ = login(client, credentials.username, credentials.password, source=f"the admin login in {where}",
                      hint=f"if the server's accounts were reset, remove {Path(home) / 'auth'} while it is stopped, "
                      f"and the entry for {home} in {where}, then run `provision up` again")
-    credentials.api_key, credentials.key_name = mint_key(client, token)
+    replaced = credentials.key_name
+    credentials.api_key, credentials.key_name, credentials.key_id = mint_key(client, token)
     credentials.url = url
     save_credentials(state_dir, credentials)
     if _key_status(url, credentials.api_key) != 200:
         raise AuthError(f"the server at {url} refuses the API key it has just issued")
     say(f"authentication: API key `{credentials.key_name}` minted for RAGFlow (kept in {where}, mode 0600)")
+    revoked, problem = revoke_replaced(client, token, credentials, replaced)
+    if revoked:
+        say(f"authentication: revoked {revoked} API key{'s' if revoked != 1 else ''} it replaces (one key per stack)")
+    if problem:
+        say(f"authentication: the keys it replaces could not be revoked ({problem}); revoke them in the web UI")
     return credentials
 
 
@@ -197,8 +203,8 @@ def _expiry(token: str) -> float:
         return time.time() + 600
 
 
-def mint_key(client: XinferenceClient, access_token: str) -> tuple[str, str]:
-    """POST /v1/admin/keys as the admin: a new API key (for all models, no expiry) and its name."""
+def mint_key(client: XinferenceClient, access_token: str) -> tuple[str, str, int | None]:
+    """POST /v1/admin/keys as the admin: a new API key (for all models, no expiry), its name and id."""
     name = f"{KEY_NAME}-{time.strftime('%Y%m%d-%H%M%S')}"
     for attempt in range(2):
         try:
@@ -213,6 +219,32 @@ def mint_key(client: XinferenceClient, access_token: str) -> tuple[str, str]:
         key = body.get("key") if isinstance(body, dict) else None
         if not isinstance(key, str) or not key:
             raise XinferenceError(f"POST /v1/admin/keys at {client.base_url} answered without a key")
-        return key, name
+        key_id = body.get("id")
+        return key, name, key_id if isinstance(key_id, int) and not isinstance(key_id, bool) else None
     raise AssertionError("unreachable")
+
+
+def revoke_replaced(client: XinferenceClient, access_token: str, current: Credentials,
+                    replaced: str) -> tuple[int, str | None]:
+    """Delete the keys provision minted for this server before `current` (named `provision-ragflow-...`, or
+    `replaced`): one key per stack. Best effort: (how many were revoked, why not all, or None)."""
+    headers = {"Authorization": f"Bearer {access_token}"}
+    try:
+        keys = client.call("GET", "/v1/admin/keys", headers=headers)
+    except XinferenceError as exc:
+        return 0, exc.message
+    revoked = 0
+    for key in keys if isinstance(keys, list) else []:
+        if not isinstance(key, dict) or not isinstance(key.get("id"), int):
+            continue
+        name = str(key.get("name") or "")
+        ours = (bool(replaced) and name == replaced) or name.startswith(f"{KEY_NAME}-")
+        if not ours or key["id"] == current.key_id or name == current.key_name:
+            continue
+        try:
+            client.call("DELETE", f"/v1/admin/keys/{key['id']}", headers=headers)
+            revoked += 1
+        except XinferenceError as exc:
+            return revoked, exc.message
+    return revoked, None
 

@@ -8,6 +8,7 @@ from dataclasses import dataclass, field
 from .. import auth
 from ..console import Console
 from ..errors import EXIT_FAILED, EXIT_OK, ProvisionError
+from ..plan.model import ON_SERVER
 from ..runtime import procs, server
 from ..state import StateDir
 
@@ -40,7 +41,7 @@ def down(state_dir: StateDir, console: Console | None = None) -> DownResult:
             except ProvisionError as exc:
                 client, why = None, exc
             for model in state.models:
-                if model.status != "running":
+                if model.status not in ON_SERVER:  # `launching`: an interrupted `up` asked for it
                     continue
                 try:
                     if client is None:
@@ -58,7 +59,7 @@ def down(state_dir: StateDir, console: Console | None = None) -> DownResult:
                 console.line(f"[down] {model.uid}: {'already gone' if gone else 'terminated'}")
         else:
             for model in state.models:
-                if model.status == "running":
+                if model.status in ON_SERVER:
                     model.status = "terminated"
                     result.already_gone.append(model.uid)
         if record is not None and record.managed:

@@ -4,11 +4,11 @@ from __future__ import annotations
 
 from dataclasses import dataclass, field
 
-from .. import auth
+from .. import auth, redact
 from ..errors import EXIT_FAILED, EXIT_OK, ProvisionError
 from ..ragflow import config as ragflow_config
 from ..runtime import procs
-from ..state import State, StateDir
+from ..state import AttemptRecord, State, StateDir
 from ..xinference import XinferenceClient
 
 
@@ -22,6 +22,7 @@ class ModelStatus:
     engine: str | None
     error: str | None
     workers: list[str] = field(default_factory=list)  # where it runs now (a cluster's worker addresses)
+    attempts: list[AttemptRecord] = field(default_factory=list)  # every candidate of its chain, and why
 
 
 @dataclass
@@ -80,10 +81,10 @@ def status(state_dir: StateDir) -> StatusResult:
     for m in state.models:
         live = "unknown" if live_uids is None else ("running" if m.uid in live_uids else "not running")
         where = _workers_of(client, m.uid) if placed and live == "running" else []
-        models.append(ModelStatus(m.role, m.uid, m.status, live, m.candidate, m.engine, m.error, where))
+        models.append(ModelStatus(m.role, m.uid, m.status, live, m.candidate, m.engine, m.error, where, m.attempts))
     healthy = alive and not gone and all(s.live == "running" for s in models if s.recorded == "running")
-    return StatusResult(state, alive, detail, ragflow_config.base_url_of(state), models,
-                        EXIT_OK if healthy else EXIT_FAILED, processes)
+    base_url = redact.url(ragflow_config.base_url_of(state)) if record is not None else "-"
+    return StatusResult(state, alive, detail, base_url, models, EXIT_OK if healthy else EXIT_FAILED, processes)
 
 
 def _processes(record) -> list[ProcessStatus]:

@@ -26,7 +26,7 @@ from ..errors import HubError
 from ..manifest import Candidate, DownloadSpec
 from . import hub
 from .errors import HubContext, hub_errors
-from .folder import check_free_space, identity, local_files, local_folder_check, model_folder_problem, unchanged, write_record
+from .folder import check_free_space, forget_record, identity, local_files, local_folder_check, model_folder_problem, unchanged, write_record
 from .progress import DownloadProgress, Emit, ProgressWatcher
 
 _IMPORT_LOCK = threading.Lock()
@@ -68,8 +68,12 @@ def download_all(candidates: Iterable[Candidate], spec: DownloadSpec, *, paralle
 
 
 def download_model(candidate: Candidate, spec: DownloadSpec, *, environ: Mapping[str, str] = os.environ,
-                   progress: ProgressFn | None = None) -> DownloadResult:
-    """Make `candidate.folder` hold the complete model; raise HubError naming the model and the fix."""
+                   progress: ProgressFn | None = None, verify: bool = False) -> DownloadResult:
+    """Make `candidate.folder` hold the complete model; raise HubError naming the model and the fix.
+
+    `verify`: do not trust the record of the last download; the hub client checks every file's size and
+    sha256 against the listing and fetches what differs (damaged weights).
+    """
     started = time.monotonic()
     emit = Emit(candidate.uid, progress)
     try:
@@ -80,12 +84,13 @@ def download_model(candidate: Candidate, spec: DownloadSpec, *, environ: Mapping
         elif spec.hub == "huggingface":
             result = _download_huggingface(candidate, spec, environ, emit)
         else:
+            if verify and candidate.folder is not None:
+                forget_record(candidate.folder)
             result = _download_modelscope(candidate, spec, environ, emit)
     except HubError as exc:
         emit("failed", message=exc.message)
         raise
     return replace(result, seconds=time.monotonic() - started)
-
 
 
 def _download_modelscope(c: Candidate, spec: DownloadSpec, environ: Mapping[str, str], emit: Emit) -> DownloadResult:
@@ -131,10 +136,16 @@ def _download_huggingface(c: Candidate, spec: DownloadSpec, environ: Mapping[str
     return result
 
 
+def quiet_progress_bars() -> None:
+    """The hub clients' tqdm bars off (we show our own progress): tqdm reads TQDM_DISABLE when it is first
+    imported. Call it from the main thread before any other starts: changing os.environ while another
+    thread copies it is a race."""
+    os.environ.setdefault("TQDM_DISABLE", "1")
+
+
 def _modelscope_client():
     """Import the client only when a download needs it (about 1.5 s), once, and keep it quiet."""
     with _IMPORT_LOCK:  # a first import racing in several download threads is fragile
-        os.environ.setdefault("TQDM_DISABLE", "1")  # tqdm reads it once, at import; we show our own progress
         from modelscope import snapshot_download
     # Its failures become our HubErrors, so its own log lines would only repeat them (except with --debug).
     level = logging.DEBUG if logging.getLogger().isEnabledFor(logging.DEBUG) else logging.CRITICAL

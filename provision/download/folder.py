@@ -103,6 +103,14 @@ def write_record(folder: Path, c: Candidate, files: list[hub.RepoFile]) -> None:
     os.replace(tmp, folder / RECORD)
 
 
+def forget_record(folder: Path) -> None:
+    """Trust the folder no more: the next download checks every file against the hub."""
+    try:
+        (folder / RECORD).unlink()
+    except FileNotFoundError:
+        pass
+
+
 def check_free_space(ctx: HubContext, files: list[hub.RepoFile]) -> int:
     """Bytes still to fetch; HubError now, rather than a full disk halfway, when they do not fit."""
     folder = ctx.candidate.folder

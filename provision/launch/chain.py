@@ -63,6 +63,7 @@ def launch_chain(
     resolve_path: Callable[[Candidate], Path | None],
     log_tail: Callable[[], str],
     on_event: Callable[[LaunchEvent], None] | None = None,
+    on_launch: Callable[[Candidate, dict], None] | None = None,
     poll_interval: float = 1.0,
     clock: Callable[[], float] = time.monotonic,
     sleep: Callable[[float], None] = time.sleep,
@@ -74,7 +75,7 @@ def launch_chain(
     """
     if not candidates:
         raise ValueError("launch_chain needs at least one candidate")
-    run = _ChainRun(client, resolve_path, log_tail, on_event, poll_interval, clock, sleep)
+    run = _ChainRun(client, resolve_path, log_tail, on_event, on_launch, poll_interval, clock, sleep)
     attempts: list[AttemptRecord] = []
     for index, candidate in enumerate(candidates):
         started = clock()
@@ -102,6 +103,7 @@ class _ChainRun:
     resolve_path: Callable[[Candidate], Path | None]
     log_tail: Callable[[], str]
     on_event: Callable[[LaunchEvent], None] | None
+    on_launch: Callable[[Candidate, dict], None] | None
     poll_interval: float
     clock: Callable[[], float]
     sleep: Callable[[float], None]
@@ -123,6 +125,8 @@ class _ChainRun:
             return None, Failure(FailureKind.DOWNLOAD, Scope.CANDIDATE, short(exc.message), exc.hint), None
         payload = launch_payload(candidate, path)
         self.emit("launching", candidate)
+        if self.on_launch is not None:  # before the POST: a launch the caller does not know of cannot exist
+            self.on_launch(candidate, payload)
         posted = self.clock()
         try:
             self.client.launch(payload)
@@ -166,6 +170,12 @@ class _ChainRun:
             try:
                 instance = _instance(self.client.instances(uid), uid)
             except XinferenceError as exc:
+                if exc.status is None and self.clock() < deadline and self.client.answers(timeout=5) is not None:
+                    # No answer to this poll, but the server answers: it is busy (a model loading on few
+                    # cores), not dead. Poll again, within the candidate's deadline.
+                    self.emit("progress", candidate, "the server is slow to answer; still waiting")
+                    self.sleep(self.poll_interval)
+                    continue
                 failure = self.failure_of(exc)
                 if failure.scope is Scope.CANDIDATE:
                     _delete_quietly(self.client, uid)

@@ -23,6 +23,7 @@ class FailureKind(str, Enum):
     AUTH = "auth", "credentials refused"
     OOM = "oom", "out of memory"
     BAD_PATH = "bad_path", "bad model folder"
+    DAMAGED_WEIGHTS = "damaged_weights", "weights cannot be loaded"
     ENGINE_MISSING = "engine_missing", "engine not installed"
     MODEL_NOT_FOUND = "model_not_found", "model not found"
     ENGINE_UNSUPPORTED = "engine_unsupported", "engine cannot run the model"
@@ -68,6 +69,11 @@ _RULES: list[tuple[FailureKind, re.Pattern, str | None]] = [
      "another launch holds this uid: `provision down`, or give the model another uid"),
     (FailureKind.BAD_PATH, re.compile(r"File or directory does not exist|Error no file named", re.I),
      "check local_path, or that the download finished"),
+    (FailureKind.DAMAGED_WEIGHTS, re.compile(r"Error while deserializing header|HeaderTooLarge|header too large|"
+                                             r"SafetensorError|PytorchStreamReader failed|Unable to load weights from|"
+                                             r"invalid load key", re.I),
+     "the weight files are damaged: `provision up MANIFEST --refetch UID` checks them against the hub and fetches "
+     "them again"),
     (FailureKind.VENV_FAILED, re.compile(r"\buv\b.*\bpip\b.*\binstall\b.*returned non-zero exit status", re.S),
      "the per-model virtualenv could not install the engine: set server.virtual_env: false or check the network"),
     (FailureKind.ENGINE_MISSING, re.compile(r"Failed to import|No module named|library is not installed|"

@@ -21,7 +21,7 @@ from ..manifest import Candidate, Manifest
 from ..placement import worker_ip_problem
 from ..state import ModelRecord
 from .gpu_fit import GpuLedger, fit_memory
-from .model import KEEP, LAUNCH, RELAUNCH, TERMINATE, CandidateStep, ModelStep, Plan
+from .model import KEEP, LAUNCH, ON_SERVER, RELAUNCH, TERMINATE, CandidateStep, ModelStep, Plan
 from .text import gpus_line
 from .weights import disk_line, weights_of, weights_text
 
@@ -43,7 +43,7 @@ def chain_key(candidates: list[Candidate]) -> str:
     return hashlib.sha256(json.dumps(fields, sort_keys=True, default=str).encode()).hexdigest()[:16]
 
 
-def make_plan(manifest: Manifest, observed: Observed) -> Plan:
+def make_plan(manifest: Manifest, observed: Observed, refetch: set[str] | frozenset = frozenset()) -> Plan:
     url = manifest.server.url
     if manifest.server.endpoint:
         server, server_reason = "external", f"use the existing server at {url}; provision will not start or stop it"
@@ -71,30 +71,31 @@ def make_plan(manifest: Manifest, observed: Observed) -> Plan:
                                  "(server.mode: cluster starts several)")
 
     previous = {m.uid: m for m in observed.previous.models} if observed.previous else {}
-    wanted: set[str] = set()
-    gpus = GpuLedger(observed.gpus)
+    wanted = {spec.uid for spec in manifest.models}
+    removed = [record for uid, record in previous.items() if uid not in wanted and record.status in ON_SERVER]
+    # Memory that a relaunch, a server restart or the termination of a removed model frees first (`up` does
+    # those before it launches) is still counted as used by the facts: it is no reason to skip.
+    frees_memory = server == "restart" or bool(removed)
+    gpus = GpuLedger(observed.gpus, frees_memory)
     active: list[tuple[Candidate, CandidateStep]] = []  # the candidates of models to launch
     for index, spec in enumerate(manifest.models):
         candidates = manifest.candidates(index)
         key = chain_key(candidates)
-        wanted.add(spec.uid)
         action, reason = _decide(spec.uid, key, previous.get(spec.uid), observed)
+        if action == KEEP and spec.uid in refetch:
+            action, reason = RELAUNCH, "its weights are checked against the hub and fetched again (--refetch)"
         step = ModelStep(role=spec.role, uid=spec.uid, action=action, reason=reason, chain_key=key)
         for candidate in candidates:
             step.candidates.append(_candidate_step(manifest, candidate, observed))
         if action in (LAUNCH, RELAUNCH):
-            # Memory that a relaunch or a server restart frees first is still counted as used.
-            soft = action == RELAUNCH or server == "restart"
+            soft = action == RELAUNCH or frees_memory
             for candidate, cstep in zip(candidates, step.candidates):
                 _check(candidate, cstep, observed, gpus, soft)
             gpus.choose_first(plan, step)
             active += zip(candidates, step.candidates)
         plan.steps.append(step)
-    for uid, record in previous.items():
-        if uid not in wanted and record.status == "running":
-            plan.steps.append(
-                ModelStep(role=record.role, uid=uid, action=TERMINATE, reason="no longer in the manifest")
-            )
+    for record in removed:
+        plan.steps.append(ModelStep(role=record.role, uid=record.uid, action=TERMINATE, reason="no longer in the manifest"))
     gpus.share_auto(plan)
     gpus.check_colocation(plan)
     for candidate, cstep in active:  # the first candidate is fetched up front, the others when reached
@@ -105,6 +106,8 @@ def make_plan(manifest: Manifest, observed: Observed) -> Plan:
 
 
 def _decide(uid: str, key: str, record: ModelRecord | None, observed: Observed) -> tuple[str, str]:
+    if record is not None and record.status == "launching" and observed.server_reusable and uid in observed.running_uids:
+        return RELAUNCH, "an `up` that was interrupted left its launch on the server"
     if record is None or record.status != "running":
         return LAUNCH, "not running yet"
     if not observed.server_reusable:

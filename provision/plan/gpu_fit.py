@@ -161,8 +161,9 @@ def _margin(total: int) -> int:
 class GpuLedger:
     """The GPUs while planning: where each model's first candidate goes and what it takes there."""
 
-    def __init__(self, gpus: list[Gpu] | None):
+    def __init__(self, gpus: list[Gpu] | None, frees_memory: bool = False):
         self.all = list(gpus or [])
+        self.frees_memory = frees_memory  # a restart or a termination frees memory before any launch
         self.fits: dict[int, _Fit] = {}  # id(CandidateStep) -> its fit
         self.chosen: list[_Fit] = []  # each model's first candidate on a GPU, in manifest order
 
@@ -218,7 +219,7 @@ class GpuLedger:
                 f = autos.pop()  # the lowest in the manifest gives way
                 left = max(0, units - sum(least[id(g)] for g in autos)) / 100
                 reason = auto_too_small(left, gpu, f.min_need, gpu.label, _margin(gpu.total_bytes), note)
-                if (f.step is not None and f.step.action == RELAUNCH) or plan.server == "restart":
+                if (f.step is not None and f.step.action == RELAUNCH) or self.frees_memory:
                     f.cs.memory = f"may not fit ({reason}); {TRIED_ANYWAY}"
                     units -= least[id(f)]
                     self.set_share(f, least[id(f)] / 100, gpu, None)

@@ -5,6 +5,7 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 
 KEEP, LAUNCH, RELAUNCH, TERMINATE = "keep", "launch", "relaunch", "terminate"
+ON_SERVER = ("running", "launching")  # model statuses that may hold a model on the server
 
 
 @dataclass

@@ -9,7 +9,7 @@ from ..gpu import GiB, Gpu
 if TYPE_CHECKING:
     from ..observe import Observed
 
-TRIED_ANYWAY = "tried anyway: what the relaunch or restart stops frees memory first"
+TRIED_ANYWAY = "tried anyway: what the relaunch, restart or termination stops frees memory first"
 
 
 def gpus_line(observed: Observed) -> str:

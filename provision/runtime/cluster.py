@@ -48,6 +48,7 @@ def start_cluster(
     on_progress: Callable[[float], None] | None = None,
     on_started: Callable[[ServerRecord], None] | None = None,
     on_event: Callable[[str], None] | None = None,
+    base_env: dict[str, str] | None = None,
 ) -> ServerRecord:
     """Start an xinference-supervisor on spec.host:spec.port (log: logs/server.log), wait until its API
     answers, then start spec.workers xinference-workers (logs/worker-N.log) that join it.
@@ -80,7 +81,8 @@ def start_cluster(
         try:
             record = start_server(spec, home, logs / "server.log", hub=hub, executable=executables.get(SUPERVISOR),
                                   timeout=timeout, on_progress=on_progress, on_started=started, name=SUPERVISOR,
-                                  extra_args=("--supervisor-port", str(supervisor_port)), extra_env=extra_env)
+                                  extra_args=("--supervisor-port", str(supervisor_port)), extra_env=extra_env,
+                                  base_env=base_env)
             break
         except ServerError as exc:
             if attempt == 2 or SUPERVISOR_SELF_CONNECT not in exc.message:
@@ -89,7 +91,7 @@ def start_cluster(
                 on_event(f"{SUPERVISOR} hit a start-up race of its own (its loopback probe met itself); "
                          "starting it once more")
     record.mode, record.supervisor_port = "cluster", supervisor_port
-    env = {**build_env(spec, Path(home), hub), **extra_env}
+    env = {**build_env(spec, Path(home), hub, base_env), **extra_env}
     try:
         for index, address in enumerate(spec.worker_addresses):
             log_path = logs / f"worker-{index + 1}.log"

@@ -98,6 +98,21 @@ def is_same_process(record: Recorded) -> bool:
     return False
 
 
+def recorded_create_time(record: Recorded) -> float | None:
+    """When the recorded process was started (from its start ticks for a state written by 0.1)."""
+    if record.create_time is not None:
+        return record.create_time
+    if record.start_ticks is not None:
+        return psutil.boot_time() + record.start_ticks / _CLOCK_TICKS
+    return None
+
+
+def born_since(pid: int, since: float) -> bool:
+    """The process started at or after `since` (so a group it is in cannot predate the recorded leader)."""
+    found = identity(pid)
+    return found is not None and found[1] >= since - 0.01
+
+
 def group_members(pgid: int | None) -> list[int]:
     """Live members of a process group."""
     if not pgid:
@@ -175,6 +190,22 @@ def stop_tree(pid: int, pgid: int | None, grace: float, reap=lambda pid: None) -
         left += [c.pid for c in seen if still(c) and c.pid not in left]
         raise ServerError(f"pids {' '.join(map(str, left))} survived SIGKILL", hint="see `ps -o pid,stat,cmd -p PID`")
     return f"killed after {grace:g} s (did not stop on SIGTERM)"
+
+
+def stop_group(pgid: int, grace: float) -> None:
+    """SIGTERM a process group provision created whose leader is gone, wait, then SIGKILL what is left. The
+    caller proved the members are provision's (born after the leader it recorded)."""
+    with contextlib.suppress(ProcessLookupError, PermissionError):
+        os.killpg(pgid, signal.SIGTERM)
+    deadline = time.monotonic() + grace
+    while group_members(pgid) and time.monotonic() < deadline:
+        time.sleep(0.1)
+    if group_members(pgid):
+        with contextlib.suppress(ProcessLookupError, PermissionError):
+            os.killpg(pgid, signal.SIGKILL)
+        deadline = time.monotonic() + 10
+        while group_members(pgid) and time.monotonic() < deadline:
+            time.sleep(0.1)
 
 
 def _wait_gone(pid: int, pgid: int | None, seen: list[Seen], seconds: float, reap) -> bool:

@@ -89,9 +89,10 @@ def start_server(
     name: str = EXECUTABLE,
     extra_args: tuple[str, ...] = (),
     extra_env: dict[str, str] | None = None,
+    base_env: dict[str, str] | None = None,
 ) -> ServerRecord:
     """Start xinference-local (or `name`, e.g. the supervisor, with `extra_args`) on spec.host:spec.port and
-    wait until its API answers (any status).
+    wait until its API answers (any status). `base_env`: the environment to start from (default: ours now).
 
     on_started gets the record as soon as the process runs (so the state can hold it while we wait);
     on_progress gets the seconds waited. Raises ServerError at once when the port is taken or the
@@ -110,7 +111,7 @@ def start_server(
         with open(log_path, "wb") as log:  # one log per start: a failure's tail is this run's
             proc = subprocess.Popen(
                 command, stdout=log, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL,
-                start_new_session=True, env={**build_env(spec, home, hub), **(extra_env or {})},
+                start_new_session=True, env={**build_env(spec, home, hub, base_env), **(extra_env or {})},
             )
     except OSError as exc:
         raise ServerError(f"cannot run {program}: {exc.strerror or exc}") from exc
@@ -208,7 +209,18 @@ def _stop_one(record: ServerRecord | WorkerRecord, grace: float) -> str:
         if procs.alive(record.pid):
             return f"pid {record.pid} is now another program: left alone"
         left = procs.group_members(record.pgid) if record.pgid == record.pid else []
-        if left:  # cannot prove they are ours once the leader is gone: report, don't signal
+        born = procs.recorded_create_time(record)
+        if left and born is not None and all(procs.born_since(pid, born) for pid in left):
+            # A group provision created (led by the recorded PID) whose members all started after that leader:
+            # they are its children (a SIGKILLed worker's model process, say), holding ports and memory.
+            procs.stop_group(record.pgid, grace)
+            still = procs.group_members(record.pgid)
+            if still:
+                return f"not running; {len(still)} leftover processes of its group survived SIGKILL (pids {still})"
+            count = len(left)
+            return (f"not running; stopped {count} leftover process{'es' if count != 1 else ''} of its group "
+                    f"(pid{'s' if count != 1 else ''} {' '.join(map(str, left))})")
+        if left:  # some are older than the leader we recorded: the group number is not provably ours
             pids = " ".join(map(str, left))
             return f"not running, but processes of its group remain (pids {pids}; see `ps -o pid,cmd -g {record.pgid}`)"
         return "not running"
