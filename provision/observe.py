@@ -173,14 +173,15 @@ def _observe_local(manifest: Manifest, observed: Observed, hub_listing: bool) ->
     where = redact.url(endpoint or hub.DEFAULT_ENDPOINT)
     token = os.environ.get(manifest.download.token_env) or None
     with ThreadPoolExecutor(max_workers=min(8, len(keys)), thread_name_prefix="listing") as pool:
-        futures = {key: pool.submit(hub.list_model_files, key[0], key[1], endpoint=endpoint, token=token) for key in keys}
+        futures = {key: pool.submit(hub.list_model_files, key[0], key[1], endpoint=endpoint, token=token,
+                                    deadline_s=manifest.download.timeout) for key in keys}
     for key, future in futures.items():
         try:
             observed.listings[key] = future.result() or "the hub lists no files"
         except requests.HTTPError as exc:
             observed.listings[key] = f"HTTP {exc.response.status_code if exc.response is not None else '?'}"
         except hub.HubTimeout:
-            observed.listings[key] = f"{where} timed out after {hub.LISTING_DEADLINE_S:g} s"
+            observed.listings[key] = f"{where} timed out after {manifest.download.timeout:g} s"
         except (requests.ConnectionError, requests.Timeout):
             observed.listings[key] = f"cannot reach {where}"
         except hub.BadListing as exc:

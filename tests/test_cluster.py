@@ -457,7 +457,12 @@ def test_leftovers_of_a_group_are_left_alone_when_they_are_older_than_its_leader
     born = procs.identity(member)[1]
     recorded = WorkerRecord(address="127.0.0.1:1", pid=leader.pid, pgid=leader.pid, cmdline=["python"],
                             create_time=born + 5)  # the leader we "recorded" started after this member
-    outcome = server.stop_server(ServerRecord(url="http://x:1", managed=True, workers=[recorded]))
-    assert "processes of its group remain" in outcome and str(member) in outcome
-    assert pid_alive(member)
-    os.kill(member, signal.SIGKILL)
+    try:
+        outcome = server.stop_server(ServerRecord(url="http://x:1", managed=True, workers=[recorded]))
+        assert "processes of its group remain" in outcome and str(member) in outcome
+        assert pid_alive(member)
+    finally:
+        os.kill(member, signal.SIGKILL)
+        deadline = time.monotonic() + 10
+        while pid_alive(member) and time.monotonic() < deadline:
+            time.sleep(0.05)

@@ -16,7 +16,7 @@ from pathlib import Path
 import pytest
 from download_support import EMBED, REPOS, TOKEN_ENV, candidate, error_of, fetched_files, raised, spec_for
 
-from provision.download import download_all, hub
+from provision.download import download_all, download_model, hub
 from provision.errors import HubError
 
 SECRET = "S3cretHubPassw0rd"
@@ -119,16 +119,17 @@ class Stalling:
 
 
 @pytest.mark.parametrize("every", [0.2, None], ids=["trickling", "silent"])
-def test_a_slow_hub_is_timed_out_as_such(monkeypatch, models_dir, every):
-    monkeypatch.setattr(hub, "LISTING_DEADLINE_S", 1.5)
+def test_a_slow_hub_is_timed_out_as_such(models_dir, every):
     stalling = Stalling(every)
     try:
         with pytest.raises(hub.HubTimeout):
-            hub.list_model_files(EMBED, endpoint=stalling.url)
-        text = error_of(EMBED, stalling.url, models_dir)
+            hub.list_model_files(EMBED, endpoint=stalling.url, deadline_s=1.5)
+        with pytest.raises(HubError) as info:  # download.timeout: 1.5
+            download_model(candidate(EMBED, models_dir), spec_for(stalling.url, models_dir, timeout=1.5), environ={})
     finally:
         stalling.close()
-    assert "timed out after 1.5 s" in text and stalling.url in text
+    text = info.value.render()
+    assert "timed out after 1.5 s" in text and stalling.url in text and "download.timeout" in text
 
 
 # -- defect 6: no password of a URL in what is shown -----------------------------------------------------------

@@ -92,9 +92,9 @@ def _translate(exc: Exception, ctx: HubContext) -> HubError | None:
         return HubError(f"{who}: {where} did not answer like a ModelScope hub ({exc}); nothing was downloaded",
                         hint="check download.endpoint: it must be the hub's base URL, e.g. http://mirror:8080")
     if isinstance(exc, hub.HubTimeout):
-        return HubError(f"{who}: the hub at {where} timed out after {hub.LISTING_DEADLINE_S:g} s ({exc})",
-                        hint="the hub answers too slowly or not at all: try again later, or check download.endpoint "
-                        "and the network (proxy, firewall)")
+        return HubError(f"{who}: the hub at {where} timed out after {exc.seconds:g} s (no complete answer)",
+                        hint="the hub answers too slowly or not at all: try again later, check download.endpoint "
+                        "and the network (proxy, firewall), or raise download.timeout")
     if any(isinstance(e, OSError) and e.errno == errno.ENOSPC for e in errors):
         need = f"; the download needs {human_bytes(ctx.need)}" if ctx.need else ""
         return HubError(f"{who}: the disk filled up while downloading into {c.folder}{need}",

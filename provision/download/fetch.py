@@ -100,7 +100,7 @@ def _download_modelscope(c: Candidate, spec: DownloadSpec, environ: Mapping[str,
     folder = c.folder
     with hub_errors(ctx):
         emit("listing")
-        files = hub.list_model_files(c.source, c.revision, endpoint=endpoint, token=token)
+        files = hub.list_model_files(c.source, c.revision, endpoint=endpoint, token=token, deadline_s=spec.timeout)
         if not files:  # e.g. HTTP 200 with Success:false, which the client takes for an empty model
             raise ctx.no_files()
         total = sum(f.size for f in files)

@@ -35,7 +35,11 @@ class BadListing(ValueError):
 
 
 class HubTimeout(requests.Timeout):
-    """No complete answer within LISTING_DEADLINE_S."""
+    """No complete answer within the call's deadline (args: the message, the deadline in seconds)."""
+
+    @property
+    def seconds(self) -> float:
+        return self.args[1] if len(self.args) > 1 else LISTING_DEADLINE_S
 
 
 @dataclass(frozen=True)
@@ -67,7 +71,8 @@ def auth_headers(token: str | None) -> dict[str, str]:
 
 
 def list_model_files(
-    source: str, revision: str | None = None, *, endpoint: str | None = None, token: str | None = None
+    source: str, revision: str | None = None, *, endpoint: str | None = None, token: str | None = None,
+    deadline_s: float | None = None,
 ) -> list[RepoFile]:
     """Every file (not folder) of model `source` at `revision` (default master).
 
@@ -80,13 +85,14 @@ def list_model_files(
     url = f"{normalize_endpoint(endpoint or DEFAULT_ENDPOINT)}/api/v1/models/{quote(owner)}/{quote(name)}/repo/files"
     params = {"Revision": revision or "master", "Recursive": "True"}
     headers = {"Content-Type": "application/json", **auth_headers(token)}
-    deadline = time.monotonic() + LISTING_DEADLINE_S
+    limit = deadline_s or LISTING_DEADLINE_S
+    deadline = time.monotonic() + limit
     try:
-        for attempt in retry.policy(retry.no_answer_or_busy, within=LISTING_DEADLINE_S):
+        for attempt in retry.policy(retry.no_answer_or_busy, within=limit):
             with attempt:  # transient failures only: no answer, 5xx, 429
                 body = _get_within(url, params, headers, deadline)
     except requests.Timeout as exc:
-        raise HubTimeout(f"no complete answer within {LISTING_DEADLINE_S:g} s") from exc
+        raise HubTimeout(f"no complete answer within {limit:g} s", limit) from exc
     return _parse_listing(body)
 
 

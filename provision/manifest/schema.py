@@ -334,6 +334,11 @@ class DownloadSpec(_Strict):
         "models", description="Folder the weights are downloaded into; relative to the manifest's folder."
     )
     parallel: Number = Field(3, ge=1, le=16, description="Models downloaded at the same time.")
+    timeout: Seconds = Field(
+        30, gt=0, le=3600,
+        description="Seconds one hub listing call may take, retries included: a hub that trickles or says "
+        "nothing is then 'timed out'. (The files themselves are fetched by the hub client with its own timeouts.)",
+    )
 
     @field_validator("token_env")
     @classmethod
