@@ -38,6 +38,12 @@ class Observed:
     server_moved: bool = False  # our recorded server is alive but the manifest now wants another one
     server_move_reason: str = ""
     running_uids: set[str] = field(default_factory=set)  # what that server reports in /v1/models
+    # uid -> the instance status of a model the server lists that is not READY (its process died and Xinference
+    # is restarting it, say): /v1/models keeps listing such a model for a while.
+    not_ready: dict[str, str] = field(default_factory=dict)
+    # uid -> one call of each model the server lists as running, as RAGFlow makes it (verify.py): READY is no
+    # proof, a model whose process just died is listed for seconds after. `up` reports these as its checks.
+    probes: dict[str, Any] = field(default_factory=dict)
     folders_with_model: set[Path] = field(default_factory=set)  # local folders that already hold weights
     gpus: list[Gpu] | None = None  # None: not known; []: none
     gpu_source: str = ""  # where the GPU facts came from ("NVML"), or why they are unknown
@@ -55,7 +61,7 @@ class Observed:
 
 
 def observe(manifest: Manifest, previous: State | None, state_dir: StateDir | None = None, *,
-            hub_listing: bool = False) -> Observed:
+            hub_listing: bool = False, probe: bool = False) -> Observed:
     """Gather the facts the plan needs: is our old server alive, what does it run and which engines can
     it use, the GPUs, what is on disk and the free space there; with hub_listing (`provision plan`), the
     hub's file listing of every downloadable candidate (one request each). Failures leave a fact unknown."""
@@ -76,6 +82,9 @@ def observe(manifest: Manifest, previous: State | None, state_dir: StateDir | No
             try:
                 client = auth.key_client(state_dir, record) if state_dir else XinferenceClient(record.url)
                 observed.running_uids = {m.get("id") for m in client.list_models()}
+                _observe_instances(observed, client)
+                if probe:
+                    _probe(observed, client)
                 _observe_server(manifest, observed, client, _admin_or_none(state_dir, record))
             except ProvisionError:
                 observed.running_uids = set()
@@ -106,6 +115,32 @@ def _move_reason(manifest: Manifest, record: ServerRecord) -> str | None:
     if gone:
         return f"cluster worker {gone[0].address} (pid {gone[0].pid}) is gone"
     return None
+
+
+def _probe(observed: Observed, client: XinferenceClient) -> None:
+    """Call each model the last `up` left running that the server still lists (in parallel)."""
+    from .verify import verify_all
+
+    records = [m for m in observed.previous.models if m.status == "running" and m.uid in observed.running_uids
+               and m.uid not in observed.not_ready] if observed.previous else []
+    observed.probes = {check.uid: check for check in verify_all(client, records)}
+
+
+def _observe_instances(observed: Observed, client: XinferenceClient) -> None:
+    """The instance status of each model the last `up` left running that the server lists."""
+    previous = observed.previous.models if observed.previous else []
+    # running and listed (it may have died since), or launching (an interrupted `up` asked for it)
+    wanted = {m.uid for m in previous if (m.status == "running" and m.uid in observed.running_uids)
+              or m.status == "launching"}
+    for uid in sorted(wanted):
+        try:
+            instances = [i for i in client.instances(uid) if isinstance(i, dict) and i.get("model_uid") in (uid, None)]
+        except ProvisionError:
+            continue  # unknown: the listing decides
+        status = str(instances[0].get("status") or "") if instances else ""
+        if instances and status.upper() != "READY":
+            replicas = [str(r.get("status")) for r in instances[0].get("replica_statuses") or [] if isinstance(r, dict)]
+            observed.not_ready[uid] = status + (f" (replicas {', '.join(replicas)})" if replicas else "")
 
 
 def _admin_or_none(state_dir: StateDir | None, record: ServerRecord) -> XinferenceClient | None:

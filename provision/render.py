@@ -86,6 +86,7 @@ def up(result) -> Rendered:
         "files": result.files,
         "timings": result.timings,
         "terminated": result.terminated,
+        "earlier_server": result.earlier_server,
         "_errors": [{"type": "LaunchError", "message": f"{m.uid}: {m.error}"} for m in failed]
         + [_check_error(c) for c in result.checks if not c.ok],
     }

@@ -43,6 +43,7 @@ RERANK_DOCUMENTS = [
 
 CHAT_PROBE = "Hello! How are you doing!"  # RAGFlow's own probe when a chat model is added
 CHAT_MAX_TOKENS = 16
+GONE = {"not running", "not serving"}  # diagnoses of a model that is not there to answer
 
 
 @dataclass
@@ -56,6 +57,12 @@ class CheckResult:
     hint: str | None = None
     facts: dict[str, Any] = field(default_factory=dict)  # the same, structured: vector_size, docs_scored, ...
     checked: bool = True  # False: the model did not launch (or was terminated), nothing was called
+    diagnosis: str = ""  # a few words on a failure: "not running", "not serving", "fails on use", ...
+
+    @property
+    def model_gone(self) -> bool:
+        """The call says the model is not there to serve (its process died, the server lost it): relaunch."""
+        return not self.ok and self.diagnosis in GONE
 
     @property
     def status(self) -> str:
@@ -114,7 +121,7 @@ def verify_model(client: XinferenceClient, record: ModelRecord) -> CheckResult:
         return CheckResult(record.role, record.uid, ok=False,
                            message=f"{record.role} {record.uid}: {summary + '; ' if summary else ''}{exc.message}",
                            latency_s=time.monotonic() - started, hint=hint,
-                           facts={"http_status": exc.status} if exc.status else {})
+                           facts={"http_status": exc.status} if exc.status else {}, diagnosis=summary)
     return CheckResult(record.role, record.uid, ok=True, message=f"{record.role} {record.uid}: {message}",
                        latency_s=latency, detail=facts.pop("summary"), facts=facts)
 
@@ -135,6 +142,9 @@ def _diagnose(exc: XinferenceError, record: ModelRecord) -> tuple[str, str | Non
                                f"run `provision up` again{cached}")
     if exc.status == 503:
         return "still loading", "the model is still loading: wait a little and run `provision verify` again"
+    if "stopping state" in detail or "is not ready" in detail or "restarting" in detail:
+        return "not serving", ("the model's process is stopping or restarting (did it die?): run `provision verify` "
+                               "again in a few seconds, or `provision up`, which relaunches it")
     if exc.status == 500:
         name = f"`{record.name}`" if record.name else "its name"
         return "fails on use", (f"the model launched but fails on use: is {name} the right Xinference built-in "

@@ -141,6 +141,7 @@ class E2EStack:
         self.timings: dict[str, float] = {}
         self.states: set[Path] = {self.state}
         self.pgids: set[int] = set()
+        self.background: list[subprocess.Popen] = []  # `provision` runs started with start(): killed at the end
 
     @property
     def base(self) -> str:
@@ -152,14 +153,23 @@ class E2EStack:
         return path
 
     def manifest_text(self, name: str, models: str, *, server: Iterable[str] = (), local: bool = True,
-                 tail: str = "") -> str:
-        """A manifest of this stack: its server (local: host, port, home; plus `server` lines), the mirror as
-        the hub, its models folder, then `models` entries and `tail` (roles, ragflow, ...)."""
+                      tail: str = "", hub: str | None = None, download: Iterable[str] = ()) -> str:
+        """A manifest of this stack: its server (local: host, port, home; plus `server` lines), the mirror (or
+        `hub`) as the hub, its models folder (plus `download` lines), then `models` entries and `tail` (roles,
+        ragflow, ...)."""
         lines = ["  host: 127.0.0.1", f"  port: {self.port}", f"  home: {self.home}", "  start_timeout: 300"]
         lines = (lines if local else []) + [f"  {line}" for line in server]
+        extra = "".join(f"  {line}\n" for line in download)
         return (f"version: 1\nname: {name}\nserver:\n" + "\n".join(lines) + "\n"
-                f"download:\n  hub: modelscope\n  endpoint: {self.mirror}\n  models_dir: {self.models}\n"
+                f"download:\n  hub: modelscope\n  endpoint: {hub or self.mirror}\n  models_dir: {self.models}\n{extra}"
                 f"models:\n{models}{tail}")
+
+    def start(self, *args: str) -> subprocess.Popen:
+        """`provision ARGS` in the background (its own session, so the test can signal it alone)."""
+        proc = subprocess.Popen([*PROVISION, "--state-dir", str(self.state), *args], env=self.env, cwd=self.root,
+                                stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, start_new_session=True)
+        self.background.append(proc)
+        return proc
 
     def run(self, *args: str, state: Path | None = None, env: dict | None = None, timeout: float = 900,
             may_show_secrets: bool = False) -> Run:
@@ -216,4 +226,8 @@ def e2e_stack(tmp_path_factory, name: str, drop: Iterable[str] = ()) -> Iterator
             stack = E2EStack(root, env, mirror_url)
             yield stack
     finally:
+        for proc in stack.background if stack else []:
+            if proc.poll() is None:
+                proc.kill()
+            proc.communicate()
         tear_down(stack.states if stack else [root / "state"], env, root, stack.pgids if stack else ())

@@ -9,6 +9,8 @@ SIGKILLs, by the process groups the state recorded, whatever is still alive.
 
 from __future__ import annotations
 
+import os
+import signal
 from pathlib import Path
 
 import pytest
@@ -109,6 +111,22 @@ def test_the_plan_rejects_a_worker_ip_that_is_not_in_the_cluster(stack: E2EStack
     assert candidate["skip_kind"] == "no_worker"
     assert candidate["skip_reason"].startswith(f"worker {stranger} is not in the cluster (workers: ")
     assert all(w in candidate["skip_reason"] for w in stack.workers)
+
+
+def test_a_killed_worker_is_said_and_up_restarts_the_cluster(stack: E2EStack):
+    """The fault matrix, a cluster worker killed (SIGKILL): its model process stays in its process group and
+    holds the port; `status` says the worker is gone, `up` stops those leftovers and restarts the cluster."""
+    worker = stack.server()["workers"][1]
+    os.kill(worker["pid"], signal.SIGKILL)
+    code, doc, output = stack.run("status", "--json")
+    assert code == 1 and "workers gone" in doc["server"]["detail"], output[-2000:]
+    assert [p["alive"] for p in doc["processes"]] == [True, True, False]
+    code, doc, output = stack.run("up", str(stack.manifest), "--json")
+    assert code == 0, output[-4000:]
+    assert doc["plan"]["server"] == "restart" and "is gone" in doc["plan"]["server_reason"]
+    assert "leftover process" in doc["earlier_server"]  # what the killed worker left in its group was stopped
+    assert group_members(worker["pgid"]) == []
+    assert all(c["ok"] for c in doc["checks"]) and len(doc["checks"]) == 2
 
 
 def test_down_stops_all_three_processes(stack: E2EStack):

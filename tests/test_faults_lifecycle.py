@@ -5,11 +5,9 @@ weights, and `status` showing every attempt. (The same faults against the real s
 
 from __future__ import annotations
 
-import json
 import os
 import threading
 import time
-from pathlib import Path
 
 import pytest
 import requests
@@ -17,7 +15,7 @@ import responses
 from responses import matchers
 from test_auth import PASSWORD, URL, jwt, stored
 from test_launch import FakeClock, instances, post
-from test_plan import KEEP, LAUNCH, TERMINATE, chat, manifest, one_gpu, rerank, running
+from test_plan import LAUNCH, TERMINATE, chat, manifest, one_gpu, rerank, running
 
 from provision import netaddr, placement, retry
 from provision.apply import models as apply_models
@@ -215,3 +213,24 @@ def test_status_shows_every_attempt_of_each_chain(tmp_path):
     assert "primary" in text and "engine_missing" in text and "engine vllm is not usable" in text
     assert "fallback 1" in text and "ready" in text
     assert data["models"][0]["attempts"][0]["reason"] == "engine vllm is not usable: no vllm"
+
+
+# -- defect 9: what an interrupted `up` asked for is found by `down`, on a server.endpoint too -----------
+
+@responses.activate
+def test_down_terminates_a_model_an_interrupted_up_was_launching_on_an_endpoint(tmp_path, monkeypatch):
+    state_dir = StateDir(tmp_path / "state")
+    monkeypatch.setenv("E2E_KEY", "xf-external-key-0123456789")
+    monkeypatch.setenv("E2E_ADMIN", "admin-password-0123")
+    record = ServerRecord(url=URL, managed=False, api_key_env="E2E_KEY", admin_user="admin",
+                          admin_password_env="E2E_ADMIN")
+    state_dir.write(State(manifest="m", name="t", server=record, models=[
+        ModelRecord(role="embedding", uid="half", model_type="embedding", status="launching", candidate="primary")]))
+    responses.post(f"{URL}/token", json={"access_token": jwt()})
+    deleted = responses.delete(f"{URL}/v1/models/half", json=None)
+    from provision.commands.down import down
+
+    result = down(state_dir)
+    assert deleted.call_count == 1 and result.terminated == ["half"]
+    assert "left running" in result.server  # not ours to stop
+    assert state_dir.read().models[0].status == "terminated"

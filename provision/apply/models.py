@@ -11,9 +11,10 @@ from pathlib import Path
 from typing import Any, Iterator
 
 from .. import download, launch
+from ..launch.chain import PENDING
 from ..download import DownloadProgress
 from ..download.folder import forget_record
-from ..errors import ProvisionError
+from ..errors import ProvisionError, XinferenceError
 from ..manifest import Candidate
 from ..plan import RELAUNCH, ModelStep, Plan
 from ..report import human_bytes, seconds
@@ -102,9 +103,18 @@ def bring_up(run: UpRun, plan: Plan, index: int, launch_slots: threading.Semapho
     if run.server_error is not None:
         return
     with _slot(run, launch_slots):
-        if step.action == RELAUNCH:
-            console.line(f"[launch] {step.uid}: terminating the running instance ({step.reason})")
-            run.client.terminate(step.uid)
+        try:
+            if step.action == RELAUNCH:
+                console.line(f"[launch] {step.uid}: terminating the running instance ({step.reason})")
+                _clear_instance(run, step.uid, candidates[0].launch_timeout)
+            elif step.clear_first and _clear_instance(run, step.uid, candidates[0].launch_timeout):
+                console.line(f"[launch] {step.uid}: terminated what was left of its instance on the server")
+        except ProvisionError as exc:
+            run.put_model(ModelRecord(
+                role=step.role, uid=step.uid, model_type=every_candidate[0].model_type, status="failed",
+                chain_key=step.chain_key, attempts=chosen.skipped,
+                error=f"{step.uid}: its instance on the server could not be terminated before the launch: {exc.message}"))
+            return
         started = time.monotonic()
         logs = _server_logs(run)
         result = launch.launch_chain(
@@ -142,6 +152,27 @@ def bring_up(run: UpRun, plan: Plan, index: int, launch_slots: threading.Semapho
     if winner:
         _read_model_facts(run.client, record)
     run.put_model(record)
+
+
+def _clear_instance(run: UpRun, uid: str, within: float) -> bool:
+    """Terminate the server's instance of `uid` (True) or find none (False). An instance still being launched
+    (by an `up` that was interrupted, or by Xinference restarting a replica whose process died) cannot be
+    deleted yet: wait for it, within `within` seconds."""
+    deadline = time.monotonic() + within
+    while True:
+        try:
+            if run.client.terminate(uid):
+                return True
+            if not any(i.get("model_uid") in (uid, None) and str(i.get("status") or "").upper() in PENDING
+                       for i in run.client.instances(uid) if isinstance(i, dict)):
+                return False
+        except XinferenceError as exc:
+            if exc.status != 400 or "launching" not in exc.detail.lower():
+                raise
+        if time.monotonic() >= deadline:
+            raise XinferenceError(f"{uid} is still being launched on the server after {within:g} s",
+                                  hint="wait for it, or `provision down` and `provision up` again")
+        run.sleep(2.0)
 
 
 @contextmanager

@@ -34,6 +34,7 @@ class UpResult:
     timings: dict[str, float]
     exit_code: int
     terminated: list[str] = field(default_factory=list)
+    earlier_server: str = ""  # what stopping the server an earlier `up` started did (a restart)
 
 
 class Interrupted(KeyboardInterrupt):
@@ -62,8 +63,10 @@ class UpRun:
         self.started = time.monotonic()
         self.first_ready: float | None = None
         self.stage_seconds: dict[str, float] = {}
-        self.refetch: set[str] = set()  # uids whose weights are checked against the hub again (--refetch)
-        self.terminated: list[str] = []  # models no longer in the manifest, terminated before the launches
+        self.refetch: set[str] = set()
+        self.probes: dict[str, CheckResult] = {}  # the checks of kept models, made by observe before the plan  # uids whose weights are checked against the hub again (--refetch)
+        self.terminated: list[str] = []
+        self.earlier_server = ""  # models no longer in the manifest, terminated before the launches
         self.crashed: list[BaseException] = []  # a stage thread's unexpected error, raised again by `up`
         self.spans: dict[str, tuple[float, float]] = {}
 
@@ -76,6 +79,11 @@ class UpRun:
             self.state.models = [m for m in self.state.models if m.uid != record.uid] + [record]
             if record.status == "running" and self.first_ready is None:
                 self.first_ready = time.monotonic() - self.started
+            self.state_dir.write(self.state)
+
+    def drop_model(self, uid: str) -> None:
+        with self.lock:
+            self.state.models = [m for m in self.state.models if m.uid != uid]
             self.state_dir.write(self.state)
 
     def add_span(self, stage: str, started: float) -> None:

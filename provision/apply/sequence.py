@@ -12,6 +12,7 @@ from __future__ import annotations
 import os
 import threading
 import time
+from dataclasses import replace
 from pathlib import Path
 from typing import Iterable
 
@@ -23,10 +24,11 @@ from ..errors import EXIT_FAILED, EXIT_OK, EXIT_PARTIAL, UsageError
 from ..manifest import load
 from ..observe import observe
 from ..plan import KEEP, TERMINATE, Plan, make_plan
+from ..plan.model import ON_SERVER
 from ..ragflow import config as ragflow
 from ..render import plan_lines
 from ..runtime import server
-from ..state import State, StateDir
+from ..state import ModelRecord, State, StateDir
 from .models import bring_up
 from .run import Interrupted, UpResult, UpRun
 from .serve import serve
@@ -50,7 +52,8 @@ def up(manifest_path: str, state_dir: StateDir, console: Console | None = None,
                          hint=f"uids: {', '.join(m.uid for m in manifest.models)}")
     with state_dir.lock("up"):
         previous = state_dir.read()
-        plan = make_plan(manifest, observe(manifest, previous, state_dir), refetch=refetch)
+        observed = observe(manifest, previous, state_dir, probe=True)  # kept models are called: READY is no proof
+        plan = make_plan(manifest, observed, refetch=refetch)
         plan.warnings += security_warnings(manifest, state_dir)
         for warning in plan.warnings:
             console.warn(warning)
@@ -63,11 +66,10 @@ def up(manifest_path: str, state_dir: StateDir, console: Console | None = None,
             ragflow_docker=manifest.ragflow.docker,
             docker_host=manifest.ragflow.docker_host,
         )
-        kept = {s.uid for s in plan.steps if s.action == KEEP}
-        if previous:
-            state.models = [m for m in previous.models if m.uid in kept]
+        state.models = _carried_records(previous, plan)
         run = UpRun(manifest, state_dir, state, console)  # takes the server's environment first
         run.refetch = refetch
+        run.probes = {s.uid: observed.probes[s.uid] for s in plan.steps if s.action == KEEP and s.uid in observed.probes}
         quiet_progress_bars()
         run.previous_server = previous.server if previous else None
         try:
@@ -111,7 +113,9 @@ def _apply(run: UpRun, plan: Plan) -> UpResult:
         run.state.server = None
         run.save()
     started = time.monotonic()
-    checks = verify.verify_all(run.key_client, running)
+    fresh = verify.verify_all(run.key_client, [m for m in running if m.uid not in run.probes])
+    by_uid = {**run.probes, **{c.uid: c for c in fresh}}  # kept models were called a moment ago, by observe
+    checks = [by_uid[m.uid] for m in running if m.uid in by_uid]
     run.stage_seconds["verify"] = time.monotonic() - started
     for check in checks:
         console.line(f"[verify] {check.role} {check.uid}: ok ({check.detail})" if check.ok else f"[verify] FAILED {check.message}")
@@ -131,7 +135,8 @@ def _apply(run: UpRun, plan: Plan) -> UpResult:
     timings = {"total": time.monotonic() - run.started, **run.stage_seconds}
     if run.first_ready is not None:
         timings["first_ready"] = run.first_ready
-    return UpResult(plan, run.state, checks, provider, files, paste, timings, exit_code, terminated)
+    return UpResult(plan, run.state, checks, provider, files, paste, timings, exit_code, terminated,
+                    run.earlier_server)
 
 
 def _stage(run: UpRun, name: str, target, *args) -> threading.Thread:
@@ -147,3 +152,18 @@ def _stage(run: UpRun, name: str, target, *args) -> threading.Thread:
     thread = threading.Thread(target=guarded, name=name, daemon=True)
     thread.start()
     return thread
+
+
+def _carried_records(previous: State | None, plan: Plan) -> list[ModelRecord]:
+    """The previous records, until this run replaces them: a record is only dropped once what it describes
+    is gone, so a run that fails early forgets nothing. Models on a server that is started anew cannot be
+    running any more."""
+    if previous is None:
+        return []
+    named = {step.uid for step in plan.steps}  # the manifest's models, and the removed ones still on the server
+    carried = [replace(m, attempts=list(m.attempts)) for m in previous.models if m.uid in named]
+    if plan.server in ("start", "restart"):
+        for record in carried:
+            if record.status in ON_SERVER:
+                record.status = "terminated"
+    return carried

@@ -22,7 +22,8 @@ def serve(run: UpRun, plan: Plan) -> None:
     try:
         if plan.server == "restart":
             previous = run.previous_server
-            console.line(f"[server] stopping the earlier server at {previous.url}: {server.stop_server(previous)}")
+            run.earlier_server = server.stop_server(previous)
+            console.line(f"[server] stopping the earlier server at {previous.url}: {run.earlier_server}")
         spec = manifest.server
         if plan.server in ("start", "restart") and spec.mode == "cluster":
             console.line(f"[server] starting xinference-supervisor on {spec.host}:{spec.port} and {spec.workers} "
@@ -101,3 +102,4 @@ def _terminate_removed(run: UpRun, plan: Plan) -> None:
             run.console.line(f"[launch] {step.uid}: terminating ({step.reason})")
             run.client.terminate(step.uid)
             run.terminated.append(step.uid)
+            run.drop_model(step.uid)

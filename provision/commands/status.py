@@ -54,7 +54,8 @@ def status(state_dir: StateDir) -> StatusResult:
     alive, detail, live_uids = False, "no server recorded", None
     if record is not None:
         if record.managed and not procs.is_same_process(record):
-            detail = f"stopped (pid {record.pid} is gone)"
+            detail = (f"stopped (pid {record.pid} is now another program)" if procs.alive(record.pid)
+                      else f"stopped (pid {record.pid} is gone)")
         else:
             try:
                 client, key_problem = auth.key_client(state_dir, record), ""

@@ -24,7 +24,7 @@ from .classify import Failure, FailureKind, Scope, classify, needs_log, short
 from .payload import launch_payload
 from .summary import summarize_failure
 
-_PENDING = {"CREATING", "UPDATING", "LOADING", "PENDING"}
+PENDING = {"CREATING", "UPDATING", "LOADING", "PENDING"}  # instance statuses of a launch under way
 
 
 @dataclass(frozen=True)
@@ -188,7 +188,7 @@ class _ChainRun:
                                 if r.get("error_message")), "")
                 # 200: the server answered, so a connection error inside the model is not a dead server
                 return classify(200, message, self.log_tail() if needs_log(message) else "")
-            if status not in _PENDING:
+            if status not in PENDING:
                 return Failure(FailureKind.UNKNOWN, Scope.CANDIDATE, f"the model went {status} while launching")
             if self.on_event is not None:  # progress is one more GET: only when someone shows it
                 progress = self.client.progress(uid) or {}

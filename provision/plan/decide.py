@@ -84,7 +84,9 @@ def make_plan(manifest: Manifest, observed: Observed, refetch: set[str] | frozen
         action, reason = _decide(spec.uid, key, previous.get(spec.uid), observed)
         if action == KEEP and spec.uid in refetch:
             action, reason = RELAUNCH, "its weights are checked against the hub and fetched again (--refetch)"
-        step = ModelStep(role=spec.role, uid=spec.uid, action=action, reason=reason, chain_key=key)
+        step = ModelStep(role=spec.role, uid=spec.uid, action=action, reason=reason, chain_key=key,
+                         clear_first=action == LAUNCH and observed.server_reusable and
+                         getattr(previous.get(spec.uid), "status", None) in ON_SERVER)
         for candidate in candidates:
             step.candidates.append(_candidate_step(manifest, candidate, observed))
         if action in (LAUNCH, RELAUNCH):
@@ -114,6 +116,11 @@ def _decide(uid: str, key: str, record: ModelRecord | None, observed: Observed) 
         return LAUNCH, "its server is gone"
     if uid not in observed.running_uids:
         return LAUNCH, "the server no longer runs it"
+    if uid in observed.not_ready:
+        return LAUNCH, f"its instance on the server is {observed.not_ready[uid]}: its process died or is restarting"
+    probe = observed.probes.get(uid)
+    if probe is not None and probe.model_gone:
+        return LAUNCH, f"it does not answer ({probe.diagnosis}): {probe.message.split(': ', 1)[-1][:160]}"
     if record.chain_key != key:
         return RELAUNCH, "its manifest entry changed"
     return KEEP, f"running since the last `up` ({record.candidate}, {record.engine})"

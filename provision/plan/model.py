@@ -38,6 +38,9 @@ class ModelStep:
     reason: str
     chain_key: str = ""
     candidates: list[CandidateStep] = field(default_factory=list)
+    # The server may still hold an instance of the uid it no longer lists (a model process that died and is
+    # being restarted by Xinference): terminated before the launch, so the uid is free.
+    clear_first: bool = False
 
 
 @dataclass
