@@ -141,36 +141,30 @@ def validate(ctx: click.Context, manifests: tuple[str, ...], as_json: bool) -> N
       provision validate manifests/*.yml
     """
     _start(ctx, "validate", as_json)
-    from .auth import security_warnings
-    from .errors import ManifestError
-    from .manifest import load
+    from .commands.validate import validate as check
     from .report import envelope, print_json
 
-    results, errors = [], []
-    for path in manifests:
-        try:
-            manifest = load(path)
-        except ManifestError as exc:
+    results = [check(path, _state_dir(ctx)) for path in manifests]
+    for result in results:
+        if as_json:
+            continue
+        if result.valid:
+            m = result.manifest
+            chains = sum(len(m.candidates(i)) for i in range(len(m.models)))
+            click.echo(f"{result.file}: ok ({m.name}: {len(m.models)} models, {chains} candidates; "
+                       f"catalog: {result.catalog})")
+        else:
             if ctx.obj.get("debug"):
                 import traceback
 
-                traceback.print_exc()
-            errors.append(exc)
-            results.append({"file": path, "valid": False, "problems": [p.to_json() for p in exc.problems]})
-            if not as_json:
-                click.echo(f"error: {exc.render()}", err=True)
-            continue
-        chains = [len(manifest.candidates(i)) for i in range(len(manifest.models))]
-        warnings = security_warnings(manifest, _state_dir(ctx))
-        results.append({"file": path, "valid": True, "name": manifest.name, "models": len(manifest.models),
-                        "warnings": warnings})
-        if not as_json:
-            click.echo(f"{path}: ok ({manifest.name}: {len(manifest.models)} models, {sum(chains)} candidates)")
-            for warning in warnings:
-                click.echo(f"warning: {warning}", err=True)
-    code = EXIT_USAGE if errors else EXIT_OK
+                traceback.print_exception(result.error)
+            click.echo(f"error: {result.error.render()}", err=True)
+        for warning in result.warnings:
+            click.echo(f"warning: {warning}", err=True)
+    code = EXIT_OK if all(r.valid for r in results) else EXIT_USAGE
     if as_json:
-        print_json(envelope("validate", code, {"manifests": results}, [e.to_json() for e in errors]))
+        errors = [r.error.to_json() for r in results if r.error is not None]
+        print_json(envelope("validate", code, {"manifests": [r.to_json() for r in results]}, errors))
     sys.exit(code)
 
 

@@ -18,11 +18,13 @@ from typing import Any
 import requests
 
 from . import auth, download, placement, redact
+from .catalog import Catalog, weights
+from .catalog import sources as catalog_sources
 from .download import hub
 from .errors import AuthError, ProvisionError, XinferenceError
 from .gpu import Gpu, NvmlSource, parse_cluster_info
 from .manifest import Manifest
-from .runtime import cluster, server
+from .runtime import cluster, procs, server
 from .state import ServerRecord, State, StateDir
 from .xinference import XinferenceClient
 
@@ -44,6 +46,7 @@ class Observed:
     # uid -> one call of each model the server lists as running, as RAGFlow makes it (verify.py): READY is no
     # proof, a model whose process just died is listed for seconds after. `up` reports these as its checks.
     probes: dict[str, Any] = field(default_factory=dict)
+    weight_facts: dict[Path, Any] = field(default_factory=dict)  # folder -> what its config says (catalog/weights)
     folders_with_model: set[Path] = field(default_factory=set)  # local folders that already hold weights
     gpus: list[Gpu] | None = None  # None: not known; []: none
     gpu_source: str = ""  # where the GPU facts came from ("NVML"), or why they are unknown
@@ -58,6 +61,26 @@ class Observed:
     workers: list[str] | None = None  # the cluster's worker addresses (None: not a cluster, or not known)
     workers_source: str = ""  # where they came from, or why they are unknown
 
+
+
+def catalog_for(manifest: Manifest, state_dir: StateDir | None, previous: State | None = None) -> Catalog:
+    """The catalog to check the manifest against: the server it targets when that answers (it knows the custom
+    models registered on it), else the installed xinference, else provision's snapshot."""
+    record = previous.server if previous else None
+    if manifest.server.endpoint:
+        record = ServerRecord(url=manifest.server.endpoint, managed=False, **auth.server_record_fields(manifest))
+    elif record is not None and (record.url != manifest.server.url or (record.managed and not procs.is_same_process(record))):
+        record = None
+    if record is not None:
+        try:
+            client = auth.key_client(state_dir, record) if state_dir else XinferenceClient(record.url)
+            if client.answers(timeout=2) == 200:
+                found = catalog_sources.from_server(client)
+                if found is not None:
+                    return found
+        except ProvisionError:
+            pass  # the server's catalog cannot be had: the local one
+    return catalog_sources.local()
 
 
 def observe(manifest: Manifest, previous: State | None, state_dir: StateDir | None = None, *,
@@ -95,6 +118,8 @@ def observe(manifest: Manifest, previous: State | None, state_dir: StateDir | No
         for candidate in manifest.candidates(index):
             if candidate.folder is not None and download.model_folder_problem(candidate.folder) is None:
                 observed.folders_with_model.add(candidate.folder)
+                if candidate.folder not in observed.weight_facts:
+                    observed.weight_facts[candidate.folder] = weights.read_facts(candidate.folder)
     _observe_local(manifest, observed, hub_listing)
     return observed
 

@@ -117,7 +117,7 @@ INVALID = [
     pytest.param(edit("  docker: false", "  dokcer: false"), "ragflow.dokcer", 34, "did you mean `docker`?", id="unknown-ragflow"),
     pytest.param(edit("    fallbacks:", "    fallback:"), "models[1].fallback", 22, "did you mean `fallbacks`?", id="unknown-fallback-singular"),
     pytest.param(edit("    gpu_memory_utilization: 0.5", "    gpu_memory_utilisation: 0.5"), "models[2].gpu_memory_utilisation", 30, "did you mean `gpu_memory_utilization`?", id="unknown-british-spelling"),
-    pytest.param(edit("      - engine: transformers", "      - engine: transformers", "        role: chat"), "models[1].fallbacks[0].role", 24, "allowed keys: engine, format, gpu_idx", id="unknown-role-in-fallback"),
+    pytest.param(edit("      - engine: transformers", "      - engine: transformers", "        role: chat"), "models[1].fallbacks[0].role", 24, "allowed keys: accept_weights_mismatch, engine, format", id="unknown-role-in-fallback"),
     # missing fields
     pytest.param(edit("version: 1"), "version", 1, "required field is missing", id="missing-version"),
     pytest.param(edit("name: test-stack"), "name", 1, "required field is missing", id="missing-name"),
@@ -126,7 +126,6 @@ INVALID = [
     pytest.param(edit("  - role: rerank", "  -"), "models[1].role", 17, "required field is missing (What the model is for", id="missing-role"),
     pytest.param(edit("    uid: chat"), "models[2].uid", 24, "required field is missing (Xinference model UID", id="missing-uid"),
     pytest.param(edit("    name: Qwen3-Instruct"), "models[2].name", 24, "required field is missing (Xinference built-in model name", id="missing-model-name"),
-    pytest.param(edit("    source: Qwen/Qwen3-4B-Instruct-2507"), "models[2].source", 24, "needs source (a hub id) or local_path", id="missing-source"),
     pytest.param(edit("    engine: vLLM"), "models[2].engine", 24, "chat models need an engine", id="chat-without-engine"),
     # duplicate uids, fallbacks included
     pytest.param(edit("    uid: chat", "    uid: emb"), "models[2].uid", 25, "uid 'emb' is already used by models[0]", id="duplicate-uid"),
@@ -244,7 +243,7 @@ def test_validate_json_reports_problems_with_path_line_and_hint(invoke, tmp_path
     assert problem["path"] == "models[1].fallbacks[0].engine"
     assert problem["line"] == 23
     assert problem["hint"] == "allowed for rerank: sentence_transformers, vllm, llama.cpp"
-    assert doc["manifests"] == [{"file": str(file), "valid": False, "problems": error["problems"]}]
+    assert doc["manifests"] == [{"file": str(file), "valid": False, "problems": error["problems"], "catalog": ""}]
 
 
 def test_validate_json_success(invoke, tmp_path):

@@ -29,9 +29,12 @@ def make_state(host: str = "0.0.0.0", port: int = 9997, docker: bool = False) ->
         server=ServerRecord(url=f"http://127.0.0.1:{port}", managed=True, host=host, port=port),
         models=[
             ModelRecord(role="chat", uid="qwen-chat", model_type="LLM", status="running",
-                        name="qwen2.5-instruct", engine="Transformers", context_length=32768),
+                        name="qwen2.5-instruct", engine="Transformers", context_length=32768,
+                        numbers_from={"context_length": "the server (GET /v1/models/qwen-chat)"}),
             ModelRecord(role="embedding", uid="bge-emb", model_type="embedding", status="running",
-                        name="bge-small-en-v1.5", engine="sentence_transformers", dimensions=384),
+                        name="bge-small-en-v1.5", engine="sentence_transformers", dimensions=384, context_length=512,
+                        numbers_from={"dimensions": "the server (GET /v1/models/bge-emb)",
+                                      "context_length": "the catalog (xinference 4.1.0 (installed)): `bge-small-en-v1.5`"}),
             ModelRecord(role="rerank", uid="bge-rr", model_type="rerank", status="running",
                         name="bge-reranker-base", engine="sentence_transformers"),
             ModelRecord(role="rerank", uid="broken-rr", model_type="rerank", status="failed"),
@@ -74,10 +77,12 @@ def test_build_provider_lists_running_models_only():
     assert [m["uid"] for m in provider["models"]] == ["qwen-chat", "bge-emb", "bge-rr"]
     chat, emb, rr = provider["models"]
     assert chat == {"role": "chat", "model_type": "chat", "uid": "qwen-chat", "max_tokens": 32768,
-                    "max_tokens_source": "xinference", "name": "qwen2.5-instruct", "engine": "Transformers"}
-    assert emb["model_type"] == "embedding" and emb["max_tokens"] == 512 and emb["max_tokens_source"] == "default"
-    assert emb["dimensions"] == 384
-    assert rr["model_type"] == "rerank" and rr["max_tokens"] == 512
+                    "max_tokens_source": "the server (GET /v1/models/qwen-chat)", "name": "qwen2.5-instruct",
+                    "engine": "Transformers"}
+    assert emb["model_type"] == "embedding" and emb["max_tokens"] == 512
+    assert emb["max_tokens_source"].startswith("the catalog (xinference 4.1.0") and emb["dimensions"] == 384
+    assert emb["dimensions_source"] == "the server (GET /v1/models/bge-emb)"
+    assert rr["model_type"] == "rerank" and rr["max_tokens"] is None and rr["max_tokens_source"] == "unknown"  # never a default
     assert provider["warnings"] == []
 
 

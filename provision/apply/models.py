@@ -11,6 +11,7 @@ from pathlib import Path
 from typing import Any, Iterator
 
 from .. import download, launch
+from ..catalog import weights
 from ..launch.chain import PENDING
 from ..download import DownloadProgress
 from ..download.folder import forget_record
@@ -124,6 +125,7 @@ def bring_up(run: UpRun, plan: Plan, index: int, launch_slots: threading.Semapho
             log_tail=lambda: "\n".join(log_tail(log, 60) for log in logs if log.exists()),
             on_event=lambda event: _show_launch(console, step, event),
             on_launch=lambda candidate, payload: _record_launching(run, step, candidate, payload),
+            vet=lambda candidate, path: _vet_weights(run, candidate, path),
             sleep=run.sleep,
         )
         run.add_span("launch", started)
@@ -150,7 +152,7 @@ def bring_up(run: UpRun, plan: Plan, index: int, launch_slots: threading.Semapho
         ready_seconds=result.ready_seconds,
     )
     if winner:
-        _read_model_facts(run.client, record)
+        _read_model_facts(run.client, record, run.manifest._catalog)
     run.put_model(record)
 
 
@@ -184,6 +186,14 @@ def _slot(run: UpRun, slots: threading.Semaphore) -> Iterator[None]:
         yield
     finally:
         slots.release()
+
+
+def _vet_weights(run: UpRun, candidate: Candidate, folder: Path | None) -> launch.Failure | None:
+    """Weights whose config contradicts the catalog entry of the name are not launched (unless accepted)."""
+    found = weights.verdict(run.manifest._catalog, candidate.model_type, candidate.name, folder)
+    if found is None or candidate.accept_weights_mismatch:
+        return None
+    return launch.Failure(launch.FailureKind.WEIGHTS_MISMATCH, launch.Scope.CANDIDATE, *found)
 
 
 def _record_launching(run: UpRun, step: ModelStep, candidate: Candidate, payload: dict) -> None:
@@ -254,12 +264,22 @@ def _progress_text(event: DownloadProgress) -> str:
     return f"{event.uid}: {event.state} {amount} {event.message}".rstrip()
 
 
-def _read_model_facts(client: XinferenceClient, record: ModelRecord) -> None:
-    """Context length / dimensions as Xinference reports them: RAGFlow's max tokens come from here."""
+def _read_model_facts(client: XinferenceClient, record: ModelRecord, catalog) -> None:
+    """RAGFlow's numbers for the model: max tokens and (embedding) dimensions, as the server reports them,
+    else as the catalog has them; never a default. Where each came from is recorded."""
     try:
         described = client.describe(record.uid) or {}
     except ProvisionError:
-        return
-    record.context_length = described.get("context_length") or described.get("max_tokens")
-    record.dimensions = described.get("dimensions")
-
+        described = {}
+    family = catalog.family(record.model_type, record.name) if catalog is not None and record.name else None
+    listed = {"context_length": family.context_length if record.model_type == "LLM" else family.max_tokens,
+              "dimensions": family.dimensions} if family else {}
+    live = {"context_length": described.get("context_length") or described.get("max_tokens"),
+            "dimensions": described.get("dimensions")}
+    for key in ("context_length", "dimensions"):
+        if isinstance(live[key], int) and live[key] > 0:
+            setattr(record, key, live[key])
+            record.numbers_from[key] = f"the server (GET /v1/models/{record.uid})"
+        elif isinstance(listed.get(key), int) and listed[key] > 0:
+            setattr(record, key, listed[key])
+            record.numbers_from[key] = f"the catalog ({catalog.source}): `{record.name}`"

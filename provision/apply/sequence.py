@@ -22,7 +22,8 @@ from ..console import Console
 from ..download.fetch import quiet_progress_bars
 from ..errors import EXIT_FAILED, EXIT_OK, EXIT_PARTIAL, UsageError
 from ..manifest import load
-from ..observe import observe
+from ..manifest.catalog import apply_catalog
+from ..observe import catalog_for, observe
 from ..plan import KEEP, TERMINATE, Plan, make_plan
 from ..plan.model import ON_SERVER
 from ..ragflow import config as ragflow
@@ -52,9 +53,12 @@ def up(manifest_path: str, state_dir: StateDir, console: Console | None = None,
                          hint=f"uids: {', '.join(m.uid for m in manifest.models)}")
     with state_dir.lock("up"):
         previous = state_dir.read()
+        catalog = catalog_for(manifest, state_dir, previous)
+        notes = apply_catalog(manifest, catalog)  # every candidate against it; left-out sources come from it
         observed = observe(manifest, previous, state_dir, probe=True)  # kept models are called: READY is no proof
         plan = make_plan(manifest, observed, refetch=refetch)
-        plan.warnings += security_warnings(manifest, state_dir)
+        plan.catalog = catalog.source
+        plan.warnings += notes + security_warnings(manifest, state_dir)
         for warning in plan.warnings:
             console.warn(warning)
         for line in plan_lines(plan):

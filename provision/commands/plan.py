@@ -4,13 +4,18 @@ from __future__ import annotations
 
 from ..auth import security_warnings
 from ..manifest import load
-from ..observe import observe
+from ..manifest.catalog import apply_catalog
+from ..observe import catalog_for, observe
 from ..plan import Plan, make_plan
 from ..state import StateDir
 
 
 def plan(manifest_path: str, state_dir: StateDir) -> Plan:
     manifest = load(manifest_path)
-    result = make_plan(manifest, observe(manifest, state_dir.read(), state_dir, hub_listing=True))
-    result.warnings += security_warnings(manifest, state_dir)
+    previous = state_dir.read()
+    catalog = catalog_for(manifest, state_dir, previous)
+    notes = apply_catalog(manifest, catalog)
+    result = make_plan(manifest, observe(manifest, previous, state_dir, hub_listing=True))
+    result.catalog = catalog.source
+    result.warnings += notes + security_warnings(manifest, state_dir)
     return result

@@ -64,18 +64,20 @@ def launch_chain(
     log_tail: Callable[[], str],
     on_event: Callable[[LaunchEvent], None] | None = None,
     on_launch: Callable[[Candidate, dict], None] | None = None,
+    vet: Callable[[Candidate, Path | None], Failure | None] | None = None,
     poll_interval: float = 1.0,
     clock: Callable[[], float] = time.monotonic,
     sleep: Callable[[float], None] = time.sleep,
 ) -> ChainResult:
     """Try each candidate in order until one is READY; record every attempt, skipped ones included.
 
-    resolve_path fetches the candidate's weights (so a fallback is downloaded only when reached); a
+    `vet` looks at the fetched weights before the launch (a Failure stops the candidate). resolve_path fetches
+    the candidate's weights (so a fallback is downloaded only when reached); a
     ProvisionError from it is a "download" attempt. Attempt seconds cover resolve + launch.
     """
     if not candidates:
         raise ValueError("launch_chain needs at least one candidate")
-    run = _ChainRun(client, resolve_path, log_tail, on_event, on_launch, poll_interval, clock, sleep)
+    run = _ChainRun(client, resolve_path, log_tail, on_event, on_launch, vet, poll_interval, clock, sleep)
     attempts: list[AttemptRecord] = []
     for index, candidate in enumerate(candidates):
         started = clock()
@@ -104,6 +106,7 @@ class _ChainRun:
     log_tail: Callable[[], str]
     on_event: Callable[[LaunchEvent], None] | None
     on_launch: Callable[[Candidate, dict], None] | None
+    vet: Callable[[Candidate, Path | None], Failure | None] | None
     poll_interval: float
     clock: Callable[[], float]
     sleep: Callable[[float], None]
@@ -123,6 +126,9 @@ class _ChainRun:
             path = self.resolve_path(candidate)
         except ProvisionError as exc:
             return None, Failure(FailureKind.DOWNLOAD, Scope.CANDIDATE, short(exc.message), exc.hint), None
+        refused = self.vet(candidate, path) if self.vet is not None else None  # the weights against the name
+        if refused is not None:
+            return None, refused, None
         payload = launch_payload(candidate, path)
         self.emit("launching", candidate)
         if self.on_launch is not None:  # before the POST: a launch the caller does not know of cannot exist

@@ -24,6 +24,7 @@ class FailureKind(str, Enum):
     OOM = "oom", "out of memory"
     BAD_PATH = "bad_path", "bad model folder"
     DAMAGED_WEIGHTS = "damaged_weights", "weights cannot be loaded"
+    WEIGHTS_MISMATCH = "weights_mismatch", "weights are not the named model"
     ENGINE_MISSING = "engine_missing", "engine not installed"
     MODEL_NOT_FOUND = "model_not_found", "model not found"
     ENGINE_UNSUPPORTED = "engine_unsupported", "engine cannot run the model"

@@ -5,7 +5,8 @@ the file, the line where known, the field path (`models[1].fallbacks[0].engine`)
 `Manifest.candidates(i)` resolves a model's fallback chain into fully specified `Candidate`s.
 """
 
-from .candidates import Candidate, size_to_wire
+from ..catalog.model import size_to_wire
+from .candidates import Candidate
 from .lint import manifest_warnings
 from .loader import load, parse
 from .schema import DownloadSpec, FallbackSpec, Manifest, ModelSpec, RagflowSpec, ServerSpec, json_schema

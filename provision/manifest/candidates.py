@@ -11,20 +11,10 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from .. import engines
+from ..catalog.model import size_to_wire
 
 if TYPE_CHECKING:
     from .schema import Manifest
-
-
-def size_to_wire(size: float | int | str | None) -> int | str | None:
-    """Xinference size ids: integers stay integers, 0.5 becomes "0_5"."""
-    if size is None:
-        return None
-    if isinstance(size, str):
-        size = float(size.replace("_", "."))
-    if float(size).is_integer():
-        return int(size)
-    return format(float(size), "g").replace(".", "_")
 
 
 @dataclass(frozen=True)
@@ -53,6 +43,8 @@ class Candidate:
     options: dict[str, Any] = field(default_factory=dict)
     launch_timeout: float = 900.0
     virtual_env: bool = False
+    source_from_catalog: str | None = None  # how a source the manifest left out was found ("from the catalog (...)")
+    accept_weights_mismatch: bool = False
 
     @property
     def label(self) -> str:
@@ -81,6 +73,33 @@ class Candidate:
         return f"{self.name}{size} on {self.engine}"
 
 
+@dataclass(frozen=True)
+class DerivedSource:
+    """A source the manifest left out, taken from the catalog."""
+
+    source: str
+    revision: str | None
+    said: str  # "from the catalog (xinference 4.1.0 (installed))"
+
+
+def derive_source(manifest: Manifest, model_type: str, values: dict) -> DerivedSource | None:
+    """The hub id the catalog lists for this name and spec on the manifest's hub (None: none)."""
+    catalog = manifest._catalog
+    hub = manifest.download.hub
+    if catalog is None or hub not in ("modelscope", "huggingface") or values.get("source") or values.get("local_path"):
+        return None
+    family = catalog.family(model_type, values["name"])
+    if family is None:
+        return None
+    specs = catalog.specs(family, size=values.get("size_in_billions"), format=values.get("format"),
+                          quantization=values.get("quantization"), hub=hub)
+    specs.sort(key=lambda s: (s.format != "pytorch", s.size_billions or 0))  # the plain weights, smallest first
+    for spec in specs:
+        source = spec.sources[hub]
+        return DerivedSource(source.model_id, source.revision, f"from the catalog ({catalog.source})")
+    return None
+
+
 def resolve_chain(manifest: Manifest, index: int) -> list[Candidate]:
     """The chain of models[index], primary first, each fallback filled in from the entry above it."""
     spec = manifest.models[index]
@@ -106,10 +125,13 @@ def _candidate(manifest: Manifest, role: str, model_index: int, position: int, v
     if "n_gpu" not in explicit and engines.is_gpu_only(engine):
         n_gpu = "auto"
     local = values["local_path"]
+    derived = derive_source(manifest, model_type, values)
+    source = derived.source if derived else values["source"]
+    revision = values["revision"] or (derived.revision if derived else None)
     if local:
         folder = manifest.resolve_path(local)
-    elif values["source"]:
-        folder = manifest.models_dir / values["source"]
+    elif source:
+        folder = manifest.models_dir / source
     else:
         folder = None
     return Candidate(
@@ -119,8 +141,8 @@ def _candidate(manifest: Manifest, role: str, model_index: int, position: int, v
         position=position,
         uid=values["uid"],
         name=values["name"],
-        source=values["source"],
-        revision=values["revision"],
+        source=source,
+        revision=revision,
         engine=engine,
         gpu_memory_utilization=values["gpu_memory_utilization"],
         size_in_billions=size_to_wire(values["size_in_billions"]),
@@ -131,8 +153,10 @@ def _candidate(manifest: Manifest, role: str, model_index: int, position: int, v
         worker_ip=values["worker_ip"],
         replica=values["replica"] or 1,
         folder=folder,
-        downloadable=bool(values["source"]) and not local and manifest.download.hub != "none",
+        downloadable=bool(source) and not local and manifest.download.hub != "none",
         options=dict(values["options"] or {}),
         launch_timeout=values["launch_timeout"] or 900.0,
         virtual_env=manifest.server.virtual_env,
+        source_from_catalog=derived.said if derived else None,
+        accept_weights_mismatch=bool(values["accept_weights_mismatch"]),
     )

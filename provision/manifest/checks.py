@@ -72,13 +72,10 @@ def check(data: dict, lines: dict | None = None) -> list[Problem]:
         if role == "chat" and spec.get("engine") is None:
             add(("models", i, "engine"), "chat models need an engine",
                 hint=f"Xinference requires model_engine for LLMs; allowed: {', '.join(ENGINES['LLM'])}")
-        if spec.get("source") is None and spec.get("local_path") is None:
-            if offline:
-                add(("models", i, "local_path"), "with download.hub: none a model needs local_path or source",
-                    hint="source names the folder under models_dir that already holds the weights")
-            else:
-                add(("models", i, "source"), "a model needs source (a hub id) or local_path",
-                    hint="e.g. source: BAAI/bge-m3")
+        # Online, a left-out source is taken from the catalog (catalog.py says when it cannot be).
+        if offline and spec.get("source") is None and spec.get("local_path") is None:
+            add(("models", i, "local_path"), "with download.hub: none a model needs local_path or source",
+                hint="source names the folder under models_dir that already holds the weights")
     roles = data.get("roles") if isinstance(data.get("roles"), dict) else {}
     if models:
         for role in ROLES:

@@ -52,4 +52,5 @@ def parse(text: str, *, file: str = "<manifest>", base_dir: Path | None = None, 
     manifest._file = file
     manifest._base_dir = base_dir or Path.cwd()
     manifest._raw = raw
+    manifest._lines = lines
     return manifest

@@ -26,6 +26,9 @@ UID_RE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]*$")
 REPLICA_SUFFIX_RE = re.compile(r"-rep\d+$")
 SOURCE_RE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]*/[A-Za-z0-9][A-Za-z0-9._-]*$")
 NAME_RE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]*$")
+# A model's name as users write it: Xinference's names have no '/', but a hub id pasted here is let through
+# to the catalog check, which says which built-in name it belongs to.
+MODEL_NAME_RE = re.compile(r"[A-Za-z0-9][A-Za-z0-9._-]*(/[A-Za-z0-9][A-Za-z0-9._-]*)?")
 VARIABLE_RE = re.compile(r"[A-Za-z_][A-Za-z0-9_]*")
 
 
@@ -109,6 +112,11 @@ class _CandidateFields(_Strict):
     )
     launch_timeout: Seconds | None = Field(
         None, gt=0, description="Seconds to wait for this candidate to become READY; default 900."
+    )
+    accept_weights_mismatch: bool | None = Field(
+        None,
+        description="Launch even when the weights' config.json contradicts the catalog entry of `name` (another "
+        "embedding size, fewer positions, another architecture); by default such a candidate is not launched.",
     )
 
     @field_validator("n_gpu", mode="before")
@@ -195,7 +203,7 @@ class _CandidateFields(_Strict):
     @field_validator("name")
     @classmethod
     def _name(cls, value: str | None) -> str | None:
-        if value is not None and (not NAME_RE.fullmatch(value) or ".." in value):
+        if value is not None and (not MODEL_NAME_RE.fullmatch(value) or ".." in value):
             raise ValueError("name must be a Xinference model name (letters, digits, '.', '_', '-')")
         return value
 
@@ -384,6 +392,8 @@ class Manifest(_Strict):
     _file: str = ""
     _base_dir: Path = Path(".")
     _raw: dict = {}  # the YAML as written, before ${VAR} expansion (lint.py reads it for secrets)
+    _lines: dict = {}  # field path -> line, for problems found after loading (the catalog checks)
+    _catalog: Any = None  # the catalog checked against (apply_catalog); left-out sources come from it
 
     @property
     def file(self) -> str:

@@ -16,6 +16,7 @@ import json
 from pathlib import Path
 from typing import TYPE_CHECKING
 
+from ..catalog import weights
 from ..engines import engine_verdict
 from ..manifest import Candidate, Manifest
 from ..placement import worker_ip_problem
@@ -37,7 +38,7 @@ def chain_key(candidates: list[Candidate]) -> str:
             {
                 k: (str(v) if isinstance(v, Path) else v)
                 for k, v in c.__dict__.items()
-                if k not in ("model_index", "launch_timeout")
+                if k not in ("model_index", "launch_timeout", "source_from_catalog")  # a note, not how it launches
             }
         )
     return hashlib.sha256(json.dumps(fields, sort_keys=True, default=str).encode()).hexdigest()[:16]
@@ -76,7 +77,7 @@ def make_plan(manifest: Manifest, observed: Observed, refetch: set[str] | frozen
     # Memory that a relaunch, a server restart or the termination of a removed model frees first (`up` does
     # those before it launches) is still counted as used by the facts: it is no reason to skip.
     frees_memory = server == "restart" or bool(removed)
-    gpus = GpuLedger(observed.gpus, frees_memory)
+    gpus = GpuLedger(observed.gpus, frees_memory, manifest._catalog, manifest.download.hub)
     active: list[tuple[Candidate, CandidateStep]] = []  # the candidates of models to launch
     for index, spec in enumerate(manifest.models):
         candidates = manifest.candidates(index)
@@ -92,7 +93,7 @@ def make_plan(manifest: Manifest, observed: Observed, refetch: set[str] | frozen
         if action in (LAUNCH, RELAUNCH):
             soft = action == RELAUNCH or frees_memory
             for candidate, cstep in zip(candidates, step.candidates):
-                _check(candidate, cstep, observed, gpus, soft)
+                _check(manifest, candidate, cstep, observed, gpus, soft)
             gpus.choose_first(plan, step)
             active += zip(candidates, step.candidates)
         plan.steps.append(step)
@@ -127,7 +128,7 @@ def _decide(uid: str, key: str, record: ModelRecord | None, observed: Observed) 
 
 
 def _candidate_step(manifest: Manifest, candidate: Candidate, observed: Observed) -> CandidateStep:
-    notes = []
+    notes = [f"source {candidate.source} {candidate.source_from_catalog}"] if candidate.source_from_catalog else []
     folder = candidate.folder
     weight_bytes, to_fetch = weights_of(candidate, observed)
     if candidate.is_vllm and candidate.gpu_memory_utilization != "auto":
@@ -146,7 +147,8 @@ def _candidate_step(manifest: Manifest, candidate: Candidate, observed: Observed
     )
 
 
-def _check(c: Candidate, cs: CandidateStep, observed: Observed, gpus: GpuLedger, soft: bool) -> None:
+def _check(manifest: Manifest, c: Candidate, cs: CandidateStep, observed: Observed, gpus: GpuLedger,
+           soft: bool) -> None:
     key = (c.model_type, c.name)
     if key not in observed.engines:
         cs.engine_check = f"pending: {observed.engines_pending}"
@@ -155,6 +157,12 @@ def _check(c: Candidate, cs: CandidateStep, observed: Observed, gpus: GpuLedger,
         cs.engine_check = verdict.summary
         if verdict.blocks:
             cs.skip_kind, cs.skip_reason = verdict.kind, verdict.reason
+    facts = observed.weight_facts.get(c.folder) if c.folder is not None else None
+    refused = weights.verdict(manifest._catalog, c.model_type, c.name, None, facts) if facts else None
+    if refused is not None and c.accept_weights_mismatch:
+        cs.notes.append(f"weights: {refused[0]} (accept_weights_mismatch: launched anyway)")
+    elif refused is not None and cs.skip_kind is None:
+        cs.skip_kind, cs.skip_reason = "weights_mismatch", f"{refused[0]} ({refused[1]})"
     no_worker = worker_ip_problem(c.worker_ip, observed.workers)
     if no_worker:  # the placement the manifest asks for cannot be had: this is what to fix first
         cs.skip_kind, cs.skip_reason = "no_worker", no_worker

@@ -17,6 +17,8 @@ import math
 from dataclasses import dataclass
 from typing import TYPE_CHECKING
 
+from ..catalog import Catalog, memory
+from ..catalog.memory import Estimate, share_for
 from ..engines import DEFAULT_GPU_MEMORY_UTILIZATION, is_gpu_only
 from ..gpu import GiB, Gpu
 from ..manifest import Candidate
@@ -99,7 +101,10 @@ def fit_memory(c: Candidate, cs: CandidateStep, observed: Observed, gpus: GpuLed
     fit = _Fit(c.uid, cs, placed, None, auto)
     if c.is_vllm:
         min_need = int(weights * VLLM_MIN_OVERHEAD / count) if weights else 0
-        if auto:
+        estimate = gpus.estimate(c, weights)
+        if auto and estimate is not None:
+            _auto_from_estimate(c, cs, fit, estimate, first, count, where, soft)
+        elif auto:
             share = _auto_share(first.free_bytes, first.total_bytes)
             fit.min_need = min_need
             if share <= 0 or share * first.total_bytes < min_need:
@@ -120,7 +125,11 @@ def fit_memory(c: Candidate, cs: CandidateStep, observed: Observed, gpus: GpuLed
             else:
                 cs.memory = f"fits: needs ~{gib(fit.need)} ({share} x {gib_total(first.total_bytes)}), " \
                             f"{gib(first.free_bytes)} free on {where}"
-                if fit.need < min_need:  # not a skip: vLLM loads float32 weights as float16, half the listing
+                if estimate is not None and estimate.need / count > fit.need:  # an estimate: no reason to skip
+                    cs.memory += (f"; but it needs ~{gib(estimate.need / count)} ({estimate.arithmetic()}): vLLM may "
+                                  f"fail with \"No available memory for the cache blocks\"; "
+                                  f"{_context_advice(estimate, fit.need * count)}")
+                elif fit.need < min_need:  # not a skip: vLLM loads float32 weights as float16, half the listing
                     cs.memory += f"; the weights (~{gib(min_need)} with some KV cache) may not fit in that share"
     elif weights is None:
         cs.memory = f"unknown: {weights_unknown(c, observed)}; {gib(first.free_bytes)} free on {where}"
@@ -137,6 +146,38 @@ def fit_memory(c: Candidate, cs: CandidateStep, observed: Observed, gpus: GpuLed
         else:
             cs.memory = f"fits: needs ~{gib(fit.need)} (weights x {TORCH_OVERHEAD}), {free}"
     gpus.fits[id(cs)] = fit
+
+
+AUTO_HEADROOM = 1.10  # `auto` sizes the share for the estimate plus this much: estimates are estimates
+
+
+def _auto_from_estimate(c: Candidate, cs: CandidateStep, fit: _Fit, estimate: Estimate, gpu: Gpu, count: int,
+                        where: str, soft: bool) -> None:
+    """`auto` with catalog facts: the smallest share that holds weights + KV cache + the engine, with headroom;
+    when that does not fit the free memory, the largest max_model_len that would."""
+    need = int(estimate.need * AUTO_HEADROOM / count)
+    share = share_for(need, gpu.total_bytes)
+    room = gpu.free_bytes - _margin(gpu.total_bytes)
+    said = f"{estimate.arithmetic()}, x {AUTO_HEADROOM} headroom"
+    if share * gpu.total_bytes > room:
+        _skip(cs, "oom", f"auto: needs ~{gib(need)} ({said}), {gib(gpu.free_bytes)} free on {where} less a margin of "
+              f"{gib(_margin(gpu.total_bytes))}; {_context_advice(estimate, int(room * count / AUTO_HEADROOM))}", soft)
+        if not soft:
+            share = cs.gpu_memory_utilization or share
+    else:
+        cs.memory = (f"auto -> {share:.2f} ({gib(share * gpu.total_bytes)} of {gib_total(gpu.total_bytes)}: {said}; "
+                     f"{gib(gpu.free_bytes)} free on {where})")
+    cs.gpu_memory_utilization = share
+    fit.need, fit.min_need, fit.auto = int(share * gpu.total_bytes), need, False
+
+
+def _context_advice(estimate: Estimate, room: int) -> str:
+    largest = estimate.largest_context(room)
+    if largest:
+        return f"the largest max_model_len that fits is {largest} (options: {{max_model_len: {largest}}})"
+    if estimate.kv is not None:
+        return "not even the weights fit: free the card, or pick a smaller model or quantization"
+    return "free the card, or pick a smaller model or quantization"
 
 
 def _skip(cs: CandidateStep, kind: str, reason: str, soft: bool) -> None:
@@ -161,11 +202,24 @@ def _margin(total: int) -> int:
 class GpuLedger:
     """The GPUs while planning: where each model's first candidate goes and what it takes there."""
 
-    def __init__(self, gpus: list[Gpu] | None, frees_memory: bool = False):
+    def __init__(self, gpus: list[Gpu] | None, frees_memory: bool = False, catalog: Catalog | None = None,
+                 hub: str | None = None):
         self.all = list(gpus or [])
         self.frees_memory = frees_memory  # a restart or a termination frees memory before any launch
+        self.catalog, self.hub = catalog, hub  # the weights and KV cache estimates come from it
         self.fits: dict[int, _Fit] = {}  # id(CandidateStep) -> its fit
         self.chosen: list[_Fit] = []  # each model's first candidate on a GPU, in manifest order
+
+    def estimate(self, c: Candidate, listed_weights: int | None) -> Estimate | None:
+        """What a vLLM candidate needs, from the catalog (None: the catalog does not know the model)."""
+        family = self.catalog.family(c.model_type, c.name) if self.catalog is not None else None
+        if family is None:
+            return None
+        specs = self.catalog.specs(family, size=c.size_in_billions, format=c.format, quantization=c.quantization)
+        spec = next((s for s in specs if s.size is not None), specs[0] if specs else None)
+        sized = spec is not None and spec.size_billions
+        return memory.estimate(family, spec, quantization=c.quantization, options=c.options,
+                               listed_weights=None if sized else listed_weights, hub=self.hub)
 
     def taken(self, gpu: Gpu) -> int:
         """What the first candidates placed so far take on `gpu` (an `auto` share: its least)."""

@@ -53,6 +53,7 @@ class Plan:
     steps: list[ModelStep] = field(default_factory=list)
     warnings: list[str] = field(default_factory=list)
     gpus: str = ""  # what is known about the GPUs, one line
+    catalog: str = ""  # where the catalog the manifest was checked against came from
     disk: str = ""  # what the downloads need against the free space, one line
 
     def step(self, uid: str) -> ModelStep | None:

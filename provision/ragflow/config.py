@@ -30,7 +30,6 @@ from ..state import ModelRecord, State, StateDir, write_atomic
 PROVIDER = "Xinference"
 DEFAULT_DOCKER_HOST = "host.docker.internal"  # RAGFlow's docker-compose maps it to the host (host-gateway)
 RAGFLOW_MODEL_TYPE = {"chat": "chat", "embedding": "embedding", "rerank": "rerank"}  # role -> RAGFlow form
-DEFAULT_MAX_TOKENS = {"chat": 8192, "embedding": 512, "rerank": 512}
 NO_KEY = "x"  # RAGFlow's own "no key" placeholder: its rerank client then sends no Authorization header
 HIDDEN_KEY = "(hidden; --show-key to print)"  # what is shown instead of a key: only provider.json holds it
 
@@ -107,20 +106,21 @@ def redacted(provider: dict) -> dict:
 
 
 def _model_entry(record: ModelRecord) -> dict:
-    # For chat, context_length is what Xinference reported; for embedding, the launcher stores the
-    # model's max_tokens there. RAGFlow requires a number in the form, so fall back to a sane default.
-    reported = record.context_length
+    # For chat, context_length is the context; for embedding and rerank, the most tokens one input may have.
+    # They come from the server or the catalog (apply/models.py), never from a default: an unknown one is
+    # said to be unknown, and the paste block asks for it.
     entry = {
         "role": record.role,
         "model_type": RAGFLOW_MODEL_TYPE.get(record.role, record.role),
         "uid": record.uid,
-        "max_tokens": reported or DEFAULT_MAX_TOKENS.get(record.role, 512),
-        "max_tokens_source": "xinference" if reported else "default",
+        "max_tokens": record.context_length,
+        "max_tokens_source": record.numbers_from.get("context_length", "unknown"),
         "name": record.name,
         "engine": record.engine,
     }
-    if record.role == "embedding" and record.dimensions:
+    if record.role == "embedding":
         entry["dimensions"] = record.dimensions
+        entry["dimensions_source"] = record.numbers_from.get("dimensions", "unknown")
     return entry
 
 
@@ -193,7 +193,9 @@ def paste_block(provider: dict, docker: bool) -> str:
     lines.append(f"  API key:    {provider['api_key'] or '(leave empty)'}")
     width = max((len(m["uid"]) for m in provider["models"]), default=0)
     for model in provider["models"]:
-        note = "" if model.get("max_tokens_source") == "xinference" else "  (default; Xinference did not report it)"
+        source = model.get("max_tokens_source") or "unknown"
+        note = "  (unknown: look it up on the model's card)" if model.get("max_tokens") is None else \
+            ("" if source.startswith("the server") else "  (from the catalog)")
         lines.append(f"  {model['model_type']:<10}  Model UID: {model['uid']:<{width}}  "
                      f"Max tokens: {model['max_tokens']}{note}")
     if not provider["models"]:

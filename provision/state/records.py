@@ -78,8 +78,9 @@ class ModelRecord:
     folder: str | None = None
     attempts: list[AttemptRecord] = field(default_factory=list)
     error: str | None = None
-    context_length: int | None = None
+    context_length: int | None = None  # the max tokens RAGFlow is told (LLM: context; embedding/rerank: input)
     dimensions: int | None = None
+    numbers_from: dict[str, str] = field(default_factory=dict)  # "context_length"/"dimensions" -> where from
     launched_at: float | None = None
     ready_seconds: float | None = None
 

@@ -1,0 +1,245 @@
+"""The catalog: Xinference's built-in models, checked against the manifest before anything is fetched.
+
+Against the shipped snapshot (the client-only install's catalog), so the answers do not depend on what is
+installed: did-you-mean for names, sizes, roles and hub ids; sources taken from the catalog for both hubs;
+weights on disk against the name; the memory arithmetic of two real families; and the snapshot against
+the pinned package.
+"""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import pytest
+
+from provision.catalog import Catalog, memory, sources, weights
+from provision.errors import ManifestError
+from provision.gpu import GiB, Gpu
+from provision.manifest import parse
+from provision.manifest.catalog import apply_catalog
+from provision.observe import Observed
+from provision.plan import make_plan
+
+SNAPSHOT = sources.from_snapshot()
+# The snapshot's families as a catalog that is the truth for its server: unknown names are errors.
+TRUTH = Catalog(SNAPSHOT.families, SNAPSHOT.source, SNAPSHOT.version, authoritative=True)
+
+
+def manifest(models: str, *, hub: str = "modelscope", roles: str | None = None):
+    counts = {role: models.count(f"role: {role}") for role in ("chat", "embedding", "rerank")}
+    roles = roles or "roles: {" + ", ".join(f"{r}: {n}" for r, n in counts.items()) + "}"
+    return parse(f"version: 1\nname: t\ndownload:\n  hub: {hub}\nmodels:\n{models}{roles}\n", file="m.yml",
+                 environ={})
+
+
+def problems(models: str, catalog: Catalog = TRUTH) -> list[str]:
+    with pytest.raises(ManifestError) as info:
+        apply_catalog(manifest(models), catalog)
+    return [p.render("m.yml") for p in info.value.problems]
+
+
+CHAT = "  - role: chat\n    uid: chat\n    name: {name}\n    engine: vLLM\n{extra}"
+
+
+# -- names --------------------------------------------------------------------------------------------------
+
+def test_a_hub_model_name_is_not_a_built_in_name_and_the_family_is_named():
+    [problem] = problems(CHAT.format(name="Qwen3-4B", extra="    source: Qwen/Qwen3-4B-Instruct-2507\n"))
+    assert problem.startswith("m.yml:8: models[0].name: `Qwen3-4B` is not a built-in LLM in provision's snapshot")
+    assert "did you mean `Qwen3-Instruct` (size_in_billions 4)" in problem
+
+
+def test_without_a_source_the_hub_ids_say_which_families_have_that_model():
+    [problem] = problems(CHAT.format(name="Qwen3-4B", extra=""))
+    assert "`qwen3` (size_in_billions 4)" in problem and "`Qwen3-Instruct` (size_in_billions 4)" in problem
+
+
+def test_a_name_in_the_wrong_case_with_a_size_it_lacks():
+    [problem] = problems(CHAT.format(name="qwen3-instruct", extra="    size_in_billions: 7\n"))
+    assert "did you mean `Qwen3-Instruct`, which has no size_in_billions 7 (it offers 4, 30, 235)" in problem
+
+
+def test_a_modelscope_id_given_as_name_names_the_built_in_model():
+    [problem] = problems(CHAT.format(name="Qwen/Qwen3-4B-Instruct-2507", extra=""))
+    assert "`Qwen/Qwen3-4B-Instruct-2507` is a hub id, not a built-in LLM name" in problem
+    assert "the built-in name is `Qwen3-Instruct` (size_in_billions 4), with source: Qwen/Qwen3-4B-Instruct-2507" in problem
+
+
+def test_a_reranker_named_as_an_embedding_model_is_said_to_be_one():
+    [problem] = problems("  - role: embedding\n    uid: e\n    name: bge-reranker-v2-m3\n")
+    assert "`bge-reranker-v2-m3` is a rerank model, not a embedding model (role: embedding)" in problem
+    assert "give it role: rerank" in problem
+
+
+def test_from_the_snapshot_an_unknown_name_is_a_warning_that_says_so():
+    m = manifest(CHAT.format(name="qwen9-imaginary", extra="    source: acme/q9\n"))
+    [warning] = apply_catalog(m, SNAPSHOT)
+    assert "not a built-in LLM in provision's snapshot of xinference 4.1.0" in warning
+    assert "a server of another version may have it" in warning
+
+
+def test_a_model_without_the_chat_ability_cannot_be_the_chat_model():
+    generate_only = next(f for f in SNAPSHOT.of_type("LLM") if "chat" not in f.abilities and f.specs)
+    spec = generate_only.specs[0]
+    [problem] = problems(CHAT.format(name=generate_only.name, extra=f"    size_in_billions: '{spec.size}'\n"
+                                     f"    format: {spec.format}\n    source: acme/m\n"))
+    assert "has no chat ability" in problem
+
+
+# -- specs --------------------------------------------------------------------------------------------------
+
+def test_a_size_format_or_quantization_the_family_lacks_lists_what_it_offers():
+    [size] = problems(CHAT.format(name="Qwen3-Instruct", extra="    size_in_billions: 8\n"))
+    assert "models[0].size_in_billions: `Qwen3-Instruct` has no size_in_billions 8 (it offers size_in_billions 4, 30, 235)" in size
+    [fmt] = problems(CHAT.format(name="Qwen3-Instruct", extra="    size_in_billions: 4\n    format: onnx\n"))
+    assert "models[0].format: `Qwen3-Instruct` 4B has no format onnx (it offers format pytorch, fp8" in fmt
+    [quant] = problems(CHAT.format(name="Qwen3-Instruct", extra="    size_in_billions: 4\n    format: pytorch\n"
+                                                             "    quantization: Int3\n"))
+    assert "has no quantization Int3 (it offers quantization none)" in quant
+
+
+# -- sources ------------------------------------------------------------------------------------------------
+
+@pytest.mark.parametrize("hub, source", [("modelscope", "Xorbits/bge-m3"), ("huggingface", "BAAI/bge-m3")])
+def test_a_left_out_source_is_the_catalogs_for_the_hub(hub, source):
+    m = manifest("  - role: embedding\n    uid: e\n    name: bge-m3\n", hub=hub)
+    assert apply_catalog(m, SNAPSHOT) == []
+    [candidate] = m.candidates(0)
+    assert candidate.source == source and candidate.folder.parts[-2:] == tuple(source.split("/"))
+    assert candidate.source_from_catalog == f"from the catalog ({SNAPSHOT.source})"
+    step = make_plan(m, Observed(gpus=[])).steps[0].candidates[0]
+    assert any("source Xorbits/bge-m3" in n or "source BAAI/bge-m3" in n for n in step.notes)
+
+
+def test_a_left_out_source_follows_the_size():
+    m = manifest(CHAT.format(name="Qwen3-Instruct", extra="    size_in_billions: 4\n"))
+    apply_catalog(m, SNAPSHOT)
+    assert m.candidates(0)[0].source == "Qwen/Qwen3-4B-Instruct-2507"
+
+
+def test_a_source_the_catalog_does_not_list_is_accepted_with_a_note():
+    m = manifest("  - role: embedding\n    uid: e\n    name: bge-m3\n    source: acme/bge-m3-finetuned\n")
+    [note] = apply_catalog(m, TRUTH)
+    assert "source acme/bge-m3-finetuned is not the catalog's modelscope id for `bge-m3` (Xorbits/bge-m3, " in note
+    assert "fine for a fine-tune or a mirror" in note
+
+
+# -- weights against the name -------------------------------------------------------------------------------
+
+def folder(tmp_path: Path, config: dict, pooling: int | None = None) -> Path:
+    tmp_path.mkdir(parents=True, exist_ok=True)
+    (tmp_path / "config.json").write_text(json.dumps(config))
+    if pooling:
+        (tmp_path / "modules.json").write_text(json.dumps([
+            {"idx": 0, "name": "0", "path": "", "type": "sentence_transformers.models.Transformer"},
+            {"idx": 1, "name": "1", "path": "1_Pooling", "type": "sentence_transformers.models.Pooling"}]))
+        (tmp_path / "1_Pooling").mkdir()
+        (tmp_path / "1_Pooling" / "config.json").write_text(json.dumps({"word_embedding_dimension": pooling}))
+    return tmp_path
+
+
+MINILM = {"architectures": ["BertModel"], "model_type": "bert", "hidden_size": 384, "max_position_embeddings": 512}
+QWEN3 = {"architectures": ["Qwen3ForCausalLM"], "model_type": "qwen3", "hidden_size": 2560,
+         "max_position_embeddings": 262144}
+
+
+def test_a_384_dimension_folder_is_not_bge_m3_and_the_fitting_names_are_given(tmp_path):
+    found = weights.verdict(SNAPSHOT, "embedding", "bge-m3", folder(tmp_path, MINILM, pooling=384))
+    problem, hint = found
+    assert problem == "the weights give 384-dimension vectors, `bge-m3` is 1024"
+    assert "`bge-small-en-v1.5`" in hint and "accept_weights_mismatch: true" in hint
+    assert weights.verdict(SNAPSHOT, "embedding", "bge-small-en-v1.5", tmp_path) is None
+
+
+def test_a_qwen3_folder_under_a_qwen2_5_name_is_refused_and_under_qwen3_accepted(tmp_path):
+    qwen3 = folder(tmp_path, QWEN3)
+    problem, hint = weights.verdict(SNAPSHOT, "LLM", "qwen2.5-instruct", qwen3)
+    assert problem == "the weights are Qwen3ForCausalLM, `qwen2.5-instruct` is Qwen2ForCausalLM"
+    assert "`qwen3`" in hint or "`Qwen3-Instruct`" in hint
+    assert weights.verdict(SNAPSHOT, "LLM", "Qwen3-Instruct", qwen3) is None  # Qwen3Moe family: the same lineage
+
+
+def test_a_mismatched_folder_is_skipped_by_the_plan_unless_accepted(tmp_path):
+    weights_folder = folder(tmp_path / "w", MINILM, pooling=384)
+    entry = f"  - role: embedding\n    uid: e\n    name: bge-m3\n    local_path: {weights_folder}\n"
+    for extra, skipped in (("", True), ("    accept_weights_mismatch: true\n", False)):
+        m = manifest(entry + extra)
+        apply_catalog(m, SNAPSHOT)
+        facts = {weights_folder: weights.read_facts(weights_folder)}
+        step = make_plan(m, Observed(gpus=[], folders_with_model={weights_folder}, weight_facts=facts)).steps[0]
+        candidate = step.candidates[0]
+        assert (candidate.skip_kind == "weights_mismatch") is skipped
+        assert "384-dimension" in (candidate.skip_reason or " ".join(candidate.notes))
+
+
+# -- memory -------------------------------------------------------------------------------------------------
+
+def spec_of(name: str, size) -> tuple:
+    family = SNAPSHOT.family("LLM", name)
+    return family, SNAPSHOT.specs(family, size=size, format="pytorch")[0]
+
+
+def test_the_memory_of_a_4b_model_from_its_metadata():
+    family, spec = spec_of("Qwen3-Instruct", 4)
+    estimate = memory.estimate(family, spec, quantization="none", options={"max_model_len": 32768})
+    assert estimate.weights == 8_000_000_000  # 4e9 parameters x 2 bytes
+    assert estimate.kv.bytes_per_token == 36 * 8 * 128 * 2 * 2 == 147_456
+    assert estimate.kv_bytes == 147_456 * 32768
+    assert estimate.need == 8_000_000_000 + 147_456 * 32768 + GiB
+    assert "36 layers x 8 KV heads x 128 x 2 x 2 B = 144 KiB per token" in estimate.arithmetic()
+    # 12 GiB of room: weights 7.45 GiB + engine 1 GiB leave 3.55 GiB, 25,856 tokens -> 25,600
+    assert estimate.largest_context(12 * GiB) == 25600
+
+
+def test_the_memory_of_a_half_b_model_and_its_default_context():
+    family, spec = spec_of("qwen2.5-instruct", "0_5")
+    estimate = memory.estimate(family, spec, quantization=None, options={})
+    assert estimate.weights == 1_000_000_000 and estimate.context == 32768
+    assert estimate.kv.bytes_per_token == 24 * 2 * 64 * 2 * 2 == 12_288  # head_dim 896 / 14
+    assert estimate.context_said == "the family's context_length"
+
+
+def test_auto_takes_the_smallest_share_that_holds_the_model_and_says_the_arithmetic(tmp_path):
+    m = manifest(CHAT.format(name="Qwen3-Instruct", extra="    size_in_billions: 4\n    gpu_memory_utilization: auto\n"
+                                                          "    options: {max_model_len: 32768}\n"))
+    apply_catalog(m, SNAPSHOT)
+    gpu = Gpu(0, "H200", 140 * GiB, 60 * GiB)
+    candidate = make_plan(m, Observed(gpus=[gpu], gpu_source="NVML")).steps[0].candidates[0]
+    need = (8_000_000_000 + 147_456 * 32768 + GiB) * 1.10
+    assert candidate.gpu_memory_utilization == pytest.approx(-(-need / (140 * GiB) * 100 // 1) / 100)
+    assert candidate.memory.startswith(f"auto -> {candidate.gpu_memory_utilization:.2f}")
+    assert "KV cache 4.5 GiB for max_model_len 32768" in candidate.memory
+
+
+def test_auto_that_cannot_fit_says_the_largest_max_model_len_that_would():
+    m = manifest(CHAT.format(name="Qwen3-Instruct", extra="    size_in_billions: 4\n    gpu_memory_utilization: auto\n"))
+    apply_catalog(m, SNAPSHOT)
+    gpu = Gpu(0, "A100", 80 * GiB, 16 * GiB)  # the family's 262144 tokens need 36 GiB of cache
+    candidate = make_plan(m, Observed(gpus=[gpu], gpu_source="NVML")).steps[0].candidates[0]
+    assert candidate.skip_kind == "oom"
+    assert "the largest max_model_len that fits is" in candidate.skip_reason
+    assert "options: {max_model_len:" in candidate.skip_reason
+
+
+# -- the snapshot -------------------------------------------------------------------------------------------
+
+def test_the_snapshot_is_the_pinned_packages_catalog():
+    package = sources.from_package()
+    if package is None:
+        pytest.skip("xinference is not installed: nothing to compare the snapshot with")
+    assert package.version == sources.PINNED_XINFERENCE == SNAPSHOT.version
+    assert sources.snapshot_document(package) == sources.SNAPSHOT.read_bytes(), \
+        "the snapshot is stale: run scripts/catalog_snapshot.py"
+
+
+def test_the_pin_is_the_one_pyproject_installs():
+    text = (Path(__file__).resolve().parents[1] / "pyproject.toml").read_text()
+    assert f'"xinference=={sources.PINNED_XINFERENCE}"' in text
+
+
+def test_every_answer_says_where_it_came_from():
+    assert SNAPSHOT.source == "provision's snapshot of xinference 4.1.0" and not SNAPSHOT.authoritative
+    package = sources.from_package()
+    if package is not None:
+        assert package.source == f"xinference {package.version} (installed)" and package.authoritative
