@@ -68,8 +68,10 @@ def test_a_modelscope_id_given_as_name_names_the_built_in_model():
 
 def test_a_reranker_named_as_an_embedding_model_is_said_to_be_one():
     [problem] = problems("  - role: embedding\n    uid: e\n    name: bge-reranker-v2-m3\n")
-    assert "`bge-reranker-v2-m3` is a rerank model, not a embedding model (role: embedding)" in problem
-    assert "give it role: rerank" in problem
+    assert "`bge-reranker-v2-m3` is a rerank model, not an embedding model (role: embedding)" in problem
+    assert "give it role: rerank, or an embedding model here" in problem
+    [problem] = problems("  - role: chat\n    uid: c\n    name: bge-m3\n    engine: vLLM\n")
+    assert "`bge-m3` is an embedding model, not an LLM (role: chat)" in problem
 
 
 def test_from_the_snapshot_an_unknown_name_is_a_warning_that_says_so():
@@ -220,6 +222,19 @@ def test_auto_that_cannot_fit_says_the_largest_max_model_len_that_would():
     assert candidate.skip_kind == "oom"
     assert "the largest max_model_len that fits is" in candidate.skip_reason
     assert "options: {max_model_len:" in candidate.skip_reason
+
+
+def test_a_transformers_candidate_without_a_listing_is_sized_from_the_catalog_spec():
+    m = manifest("  - role: chat\n    uid: chat\n    name: Qwen3-Instruct\n    size_in_billions: 4\n"
+                 "    engine: Transformers\n    n_gpu: auto\n")
+    apply_catalog(m, SNAPSHOT)
+    small = Gpu(0, "T4", 16 * GiB, 6 * GiB)
+    candidate = make_plan(m, Observed(gpus=[small], gpu_source="NVML")).steps[0].candidates[0]
+    assert candidate.memory.startswith("partly on the CPU: needs ~8.9 GiB")  # 8e9 B x 1.2, Transformers offloads
+    assert "weights 7.5 GiB from the catalog (4 B parameters x 2.00 B) x 1.2" in candidate.memory
+    roomy = Gpu(0, "L40S", 48 * GiB, 40 * GiB)
+    candidate = make_plan(m, Observed(gpus=[roomy], gpu_source="NVML")).steps[0].candidates[0]
+    assert candidate.memory.startswith("fits: needs ~8.9 GiB")
 
 
 # -- the snapshot -------------------------------------------------------------------------------------------

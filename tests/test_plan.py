@@ -200,7 +200,7 @@ def test_a_small_model_fits_and_unknown_weights_skip_nothing(tmp_path):
     fits = make_plan(m, Observed(gpus=one_gpu(), gpu_source="NVML",
                                  listings=listing("Qwen/Qwen3-4B-Instruct-2507", 1.0))).step("chat")
     assert first(fits).label == "primary"
-    assert first(fits).memory == "fits: needs ~1.2 GiB (weights x 1.2), 6.0 GiB free on GPU 0"
+    assert first(fits).memory == "fits: needs ~1.2 GiB (weights 1.0 GiB x 1.2), 6.0 GiB free on GPU 0"
     unknown = make_plan(m, Observed(gpus=one_gpu(), gpu_source="NVML")).step("chat")
     assert first(unknown).label == "primary"
     assert first(unknown).memory.startswith("unknown: weight size not known until the download lists the hub")
@@ -415,7 +415,7 @@ def test_present_weights_count_from_the_local_folder(tmp_path):
     primary = make_plan(m, observed).step("chat").candidates[0]
     assert primary.weights == "present" and primary.bytes_to_fetch == 0
     assert primary.weight_bytes == 7 * GiB  # safetensors only: the .bin is the same weights again
-    assert primary.memory == "fits: needs ~8.4 GiB (weights x 1.2), 20.0 GiB free on GPU 0"
+    assert primary.memory == "fits: needs ~8.4 GiB (weights 7.0 GiB x 1.2), 20.0 GiB free on GPU 0"
 
 
 def test_weight_bytes_pick_one_format_and_one_quantization():
@@ -455,7 +455,7 @@ def test_plan_only_reads_sizes_from_the_hub_listing(tmp_path, monkeypatch):
     primary = plan.step("chat").candidates[0]
     assert primary.bytes_to_fetch == 3 * 1024 * 1024 + 2
     assert primary.weights == f"download acme/tiny-chat from {mirror.url} (3.0 MiB)"
-    assert primary.first and primary.memory == "fits: needs ~0.0 GiB (weights x 1.2), 1.0 GiB free on GPU 0"
+    assert primary.first and primary.memory == "fits: needs ~0.0 GiB (weights 0.0 GiB x 1.2), 1.0 GiB free on GPU 0"
     assert plan.disk.startswith("3.0 MiB to fetch into ")
 
 

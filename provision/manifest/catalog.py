@@ -54,8 +54,8 @@ def _check_candidate(catalog: Catalog, manifest: Manifest, c: Candidate, say) ->
     if family is None:
         other = catalog.elsewhere(c.model_type, c.name)
         if other is not None:
-            say("name", f"`{c.name}` is a {TYPE_WORDS[other.model_type]}, not a {word} (role: {c.role})",
-                f"give it role: {other.role}, or a {word} here (`provision models --role {c.role}` lists them)")
+            say("name", f"`{c.name}` is {_a(TYPE_WORDS[other.model_type])}, not {_a(word)} (role: {c.role})",
+                f"give it role: {other.role}, or {_a(word)} here (`provision models --role {c.role}` lists them)")
             return
         choices = catalog.suggestions(c.model_type, c.name, source=c.source)
         meant = " or ".join(describe_choice(f, s) for f, s in choices)
@@ -130,3 +130,8 @@ def _unique(problems: list[Problem]) -> list[Problem]:
             seen.add((p.path, p.message))
             out.append(p)
     return out
+
+
+def _a(word: str) -> str:
+    """`an embedding model`, `an LLM`, `a rerank model`."""
+    return ("an " if word[0] in "aeiouAEIOU" or word.startswith("LLM") else "a ") + word

@@ -131,12 +131,19 @@ def fit_memory(c: Candidate, cs: CandidateStep, observed: Observed, gpus: GpuLed
                                   f"{_context_advice(estimate, fit.need * count)}")
                 elif fit.need < min_need:  # not a skip: vLLM loads float32 weights as float16, half the listing
                     cs.memory += f"; the weights (~{gib(min_need)} with some KV cache) may not fit in that share"
-    elif weights is None:
-        cs.memory = f"unknown: {weights_unknown(c, observed)}; {gib(first.free_bytes)} free on {where}"
     else:
+        said = ""
+        if weights is None:  # nothing listed or on disk yet: the catalog spec's size says what the weights are
+            estimate = gpus.estimate(c, None)
+            if estimate is not None:
+                weights, said = estimate.weights, f" from the catalog ({estimate.weights_said})"
+        if weights is None:
+            cs.memory = f"unknown: {weights_unknown(c, observed)}; {gib(first.free_bytes)} free on {where}"
+            gpus.fits[id(cs)] = fit
+            return
         fit.need = int(weights * TORCH_OVERHEAD / count)
         free = f"{gib(first.free_bytes)} free on {where}"
-        short = f"needs ~{gib(fit.need)}, {free} (weights {gib(weights)} x {TORCH_OVERHEAD})"
+        short = f"needs ~{gib(fit.need)}, {free} (weights {gib(weights)}{said} x {TORCH_OVERHEAD})"
         if fit.need > first.free_bytes and _offloads(c):
             fit.need = first.free_bytes
             cs.memory = f"partly on the CPU: {short}; Xinference loads Transformers LLMs with device_map=auto, " \
@@ -144,7 +151,7 @@ def fit_memory(c: Candidate, cs: CandidateStep, observed: Observed, gpus: GpuLed
         elif fit.need > first.free_bytes:
             _skip(cs, "oom", short, soft)
         else:
-            cs.memory = f"fits: needs ~{gib(fit.need)} (weights x {TORCH_OVERHEAD}), {free}"
+            cs.memory = f"fits: needs ~{gib(fit.need)} (weights {gib(weights)}{said} x {TORCH_OVERHEAD}), {free}"
     gpus.fits[id(cs)] = fit
 
 
@@ -211,7 +218,7 @@ class GpuLedger:
         self.chosen: list[_Fit] = []  # each model's first candidate on a GPU, in manifest order
 
     def estimate(self, c: Candidate, listed_weights: int | None) -> Estimate | None:
-        """What a vLLM candidate needs, from the catalog (None: the catalog does not know the model)."""
+        """What a candidate needs (the KV cache: vLLM), from the catalog (None: the catalog does not know the model)."""
         family = self.catalog.family(c.model_type, c.name) if self.catalog is not None else None
         if family is None:
             return None
