@@ -168,3 +168,62 @@ def ragflow(result) -> Rendered:
     if result.files:
         text += "\n\nFiles: " + ", ".join(result.files.values())
     return text, {"ragflow": result.provider, "docker": result.docker, "files": result.files, "_errors": []}
+
+
+def models(result) -> Rendered:
+    from .commands.models import detail, summary
+
+    head = f"catalog: {result.catalog}"
+    if result.detail is not None:
+        d = detail(result.detail)
+        lines = [f"{d['name']} ({d['role']}, {d['model_type']}) - {head}"]
+        lines += [f"  {d['description']}"] if d["description"] else []
+        lines += [f"  {label}: {value}" for label, value in (
+            ("dimensions", d["dimensions"]), ("max tokens", d["max_tokens"]), ("context length", d["context_length"]),
+            ("abilities", ", ".join(d["abilities"])), ("languages", ", ".join(d["languages"])),
+            ("architectures", ", ".join(d["architectures"]))) if value]
+        rows = [[s["format"], s["size_in_billions"] or "-", _list(s["quantizations"], 6),
+                 (s["sources"].get("modelscope") or {}).get("model_id", "-"),
+                 (s["sources"].get("huggingface") or {}).get("model_id", "-"),
+                 s["kv_cache_bytes_per_token"] or "-"] for s in d["specs"]]
+        lines += ["", table(["format", "size (B)", "quantizations", "modelscope", "huggingface", "KV bytes/token"], rows)]
+        lines += ["", "Manifest entry (under `models:`):", d["manifest_entry"].rstrip("\n")]
+        return "\n".join(lines), {"catalog": result.catalog, "model": d, "_errors": []}
+    found = [summary(f) for f in result.families]
+    rows = [[s["name"], s["role"], _list(s["sizes"]), _list(s["formats"]), _list(s["quantizations"]),
+             _numbers(s), _list(s["abilities"]), _list(s["modelscope_ids"], 2), _list(s["huggingface_ids"], 2)]
+            for s in found]
+    lines = [table(["name", "role", "sizes (B)", "formats", "quantizations", "numbers", "abilities",
+                    "modelscope", "huggingface"], rows) if rows else "  (no model matches)"]
+    what = f"{len(found)} model{'s' * (len(found) != 1)}" + (f" matching {result.query!r}" if result.query else "")
+    lines += ["", f"{what}{' as ' + result.role if result.role else ''} - {head}"]
+    if len(found) == 1 or not found:
+        lines.append("`provision models NAME` shows one in full, with a manifest entry for it"
+                     if found else "try a shorter query (`provision models bge`), or none to list them all")
+    errors = [] if found or not result.query else [
+        {"type": "NotFound", "message": f"no model matches {result.query!r}", "hint": "try a shorter query"}]
+    return "\n".join(lines), {"catalog": result.catalog, "query": result.query, "role": result.role,
+                              "models": found, "_errors": errors}
+
+
+def _list(values, limit: int = 4) -> str:
+    values = [str(v) for v in values]
+    return ", ".join(values[:limit]) + (f" (+{len(values) - limit})" if len(values) > limit else "") or "-"
+
+
+def _numbers(summary: dict) -> str:
+    """What RAGFlow is told: an embedding's dimensions and max tokens, a reranker's max tokens, a context."""
+    said = [f"{summary['dimensions']} dims"] if summary["dimensions"] else []
+    said += [f"{summary['max_tokens']} tokens"] if summary["max_tokens"] else []
+    said += [f"ctx {summary['context_length']}"] if summary["context_length"] else []
+    return ", ".join(said) or "-"
+
+
+def init(result) -> Rendered:
+    data = {"gpu": result.gpu, "choices": result.choices, "written": result.written, "manifest": result.text,
+            "_errors": []}
+    if result.written is None:
+        return result.text, data  # the manifest itself, for `provision init > stack.yml`
+    lines = [f"Wrote {result.written} for {result.gpu}:"] + [f"  {c}" for c in result.choices]
+    lines += ["", f"Next: provision validate {result.written} && provision plan {result.written}"]
+    return "\n".join(lines), data

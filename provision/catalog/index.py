@@ -102,12 +102,15 @@ class Catalog:
     # -- search -----------------------------------------------------------------------------------------
 
     def search(self, query: str | None = None, role: str | None = None) -> list[Family]:
-        """Families whose name or a hub id holds `query` (case and punctuation ignored), of `role`."""
+        """Families whose name or a hub id holds `query` (case and punctuation ignored), of `role` (chat: the LLMs
+        with the chat ability)."""
         wanted = _key(query or "")
         found = []
         for family in self.families:
             if role and ROLE_OF_TYPE[family.model_type] != role:
                 continue
+            if role == "chat" and family.abilities and "chat" not in family.abilities:
+                continue  # a generate-only LLM cannot serve RAGFlow's chat
             keys = [_key(family.name)] + [_key(i) for i, _ in family.hub_ids()]
             if not wanted or any(wanted in k for k in keys):
                 found.append(family)
