@@ -14,13 +14,17 @@ from pathlib import Path
 
 import pytest
 import requests
-from e2e_support import E2EStack, e2e_stack, tiny_embedding
+from e2e_support import E2EStack, e2e_stack
 from support import group_members, pid_alive, port_free
 
 pytestmark = pytest.mark.e2e
 
 
-MODELS = tiny_embedding("e2e-embed") + """\
+MODELS = """\
+  - role: embedding
+    uid: e2e-embed
+    name: bge-small-en-v1.5     # no source: the catalog's ModelScope id, Xorbits/bge-small-en-v1.5
+    engine: sentence_transformers
   - role: rerank
     uid: e2e-rerank
     name: bge-reranker-base
@@ -30,6 +34,8 @@ MODELS = tiny_embedding("e2e-embed") + """\
     gpu_memory_utilization: 0.2
     fallbacks:
       - engine: transformers    # = sentence_transformers for rerank
+        name: bge-reranker-v2-m3  # 8192 tokens in the catalog: the 512-position folder is refused unlaunched
+      - name: bge-reranker-base
   - role: chat
     uid: e2e-chat
     name: qwen2.5-instruct
@@ -57,14 +63,22 @@ def test_up_brings_the_stack_up_through_fallbacks(stack: E2EStack):
     assert {m["status"] for m in models.values()} == {"running"}
 
     rerank = [(a["candidate"], a["engine"], a["outcome"]) for a in models["e2e-rerank"]["attempts"]]
-    assert rerank == [("primary", "vllm", "failed"), ("fallback 1", "sentence_transformers", "ready")]
-    first = models["e2e-rerank"]["attempts"][0]
+    assert rerank == [("primary", "vllm", "failed"), ("fallback 1", "sentence_transformers", "failed"),
+                      ("fallback 2", "sentence_transformers", "ready")]
+    first, mismatched = models["e2e-rerank"]["attempts"][:2]
     assert first["kind"] == "engine_missing" and "No module named 'vllm'" in first["reason"]
+    # refused on its weights before any launch request: the server never saw bge-reranker-v2-m3
+    assert mismatched["kind"] == "weights_mismatch"
+    assert "512 positions" in mismatched["reason"] and "8192 tokens" in mismatched["reason"]
+    assert "bge-reranker-base" in mismatched["reason"]  # the built-in names these weights do fit
     chat = [(a["candidate"], a["engine"], a["outcome"]) for a in models["e2e-chat"]["attempts"]]
     assert chat == [("primary", "vLLM", "skipped"), ("fallback 1", "Transformers", "ready")]
     assert models["e2e-chat"]["attempts"][0]["kind"] == "no_gpu"
     assert [a["outcome"] for a in models["e2e-embed"]["attempts"]] == ["ready"]
-    assert models["e2e-rerank"]["candidate"] == "fallback 1"
+    assert models["e2e-rerank"]["candidate"] == "fallback 2"
+    embed = doc["plan"]["steps"][0]["candidates"][0]
+    assert embed["weights"].startswith("download Xorbits/bge-small-en-v1.5 from ")
+    assert any(n.startswith("source Xorbits/bge-small-en-v1.5 from the catalog (xinference 4.1.0") for n in embed["notes"])
 
     assert {c["uid"]: c["ok"] for c in doc["checks"]} == {"e2e-embed": True, "e2e-rerank": True, "e2e-chat": True}
     assert doc["timings"]["first_ready"] < doc["timings"]["total"]
@@ -73,6 +87,7 @@ def test_up_brings_the_stack_up_through_fallbacks(stack: E2EStack):
         Path(report).write_text(json.dumps({"wall_seconds": stack.timings["up --json"], "timings": doc["timings"]}, indent=2))
     # The weights came through the modelscope client from the mirror into models_dir.
     assert (stack.root / "models" / "tiny" / "qwen2-chat" / "config.json").exists()
+    assert (stack.root / "models" / "Xorbits" / "bge-small-en-v1.5" / "config.json").exists()
 
 
 def test_ragflow_config_is_written(stack: E2EStack):
@@ -118,7 +133,7 @@ def test_status_and_verify_report_the_running_stack(stack: E2EStack):
     code, doc, _ = stack.run("status", "--json")
     assert code == 0 and doc["server"]["alive"] is True
     assert {m["uid"]: (m["live"], m["candidate"]) for m in doc["models"]} == {
-        "e2e-embed": ("running", "primary"), "e2e-rerank": ("running", "fallback 1"), "e2e-chat": ("running", "fallback 1")}
+        "e2e-embed": ("running", "primary"), "e2e-rerank": ("running", "fallback 2"), "e2e-chat": ("running", "fallback 1")}
     code, doc, _ = stack.run("verify", "--json")
     assert code == 0 and all(c["ok"] for c in doc["checks"]) and len(doc["checks"]) == 3
     assert {c["uid"]: c["detail"] for c in doc["checks"] if c["role"] == "embedding"}["e2e-embed"].startswith("384")
@@ -137,7 +152,8 @@ def test_second_up_is_a_no_op(stack: E2EStack):
 
 def test_a_manifest_edit_relaunches_exactly_that_model(stack: E2EStack):
     before = {m["uid"]: m for m in stack.state_json()["models"]}
-    edited = stack.manifest.read_text().replace("name: bge-small-en-v1.5", "name: text2vec-base-multilingual")
+    edited = stack.manifest.read_text().replace(
+        "name: bge-small-en-v1.5 ", "name: text2vec-base-multilingual\n    source: tiny/minilm-embed ")
     assert edited != stack.manifest.read_text()
     stack.manifest.write_text(edited)
     code, doc, stderr = stack.run("up", str(stack.manifest), "--json")

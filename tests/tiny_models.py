@@ -356,9 +356,17 @@ BUILDERS: dict[str, Callable[[Path], Path]] = {
 }
 
 
+# model id -> kind: the hub id Xinference's catalog gives a built-in model, so that a manifest entry
+# without `source` downloads (the tiny stand-in for) it from the mirror.
+CATALOG_IDS = {
+    "Xorbits/bge-small-en-v1.5": "embedding",  # 384 dimensions, 512 tokens: what MiniLM is too
+}
+
+
 def build_all(root: Path) -> dict[str, Path]:
     """Build every tiny model under ``root/<owner>/<name>`` (a mirror layout). Returns model id -> folder."""
-    return {model_id: BUILDERS[kind](Path(root) / model_id) for kind, model_id in MODELS.items()}
+    wanted = {**{model_id: kind for kind, model_id in MODELS.items()}, **CATALOG_IDS}
+    return {model_id: BUILDERS[kind](Path(root) / model_id) for model_id, kind in wanted.items()}
 
 
 if __name__ == "__main__":  # python tests/tiny_models.py DIR: build and print
