@@ -217,15 +217,17 @@ def test_a_killed_model_process_fails_verify_and_up_brings_it_back(faults: Fault
 
 def test_every_candidate_failing_is_summarised_cause_first(faults: Faults):
     stack = faults.stack
-    # vLLM is not installed on this server; the fallback names a model Xinference does not have.
-    extra = added("f-bad", TINY_RERANK, "n_gpu: null", "fallbacks:", "  - name: no-such-reranker-model").replace(
+    # vLLM is not installed on this server; the fallback names a reranker the tiny weights are not (a name
+    # Xinference lacks is now refused by `validate`, against the server's own catalog, before any of this).
+    extra = added("f-bad", TINY_RERANK, "n_gpu: null", "fallbacks:", "  - name: bge-reranker-v2-m3",
+                  "    engine: sentence_transformers").replace(
         "engine: sentence_transformers\n    n_gpu", "engine: vllm\n    n_gpu")
     run = stack.run("up", str(faults.manifest(extra)), "--json")
     assert run.code == 3, run.output[-3000:]
     record = models(run.doc)["f-bad"]
-    assert [a["kind"] for a in record["attempts"]] == ["engine_missing", "model_not_found"]
+    assert [a["kind"] for a in record["attempts"]] == ["engine_missing", "weights_mismatch"]
     lead, *rest = record["error"].splitlines()
-    assert lead.startswith("f-bad could not be launched: model not found"), record["error"]
+    assert lead.startswith("f-bad could not be launched: weights are not the named model"), record["error"]
     assert any("of 2 candidates" in line for line in rest)
     assert any("primary" in line and "engine" in line for line in rest)
 
