@@ -14,8 +14,9 @@ TYPE_WORDS = {"LLM": "LLM", "embedding": "embedding model", "rerank": "rerank mo
 
 
 def _key(text: str) -> str:
-    """A name as people mistype it: case, dashes, dots and underscores do not count."""
-    return re.sub(r"[^a-z0-9]", "", text.lower())
+    """A name as people mistype it: case, dashes, dots and underscores do not count, but a dot between
+    digits does (`qwen2.5-7b` is not `Qwen2-57B`)."""
+    return re.sub(r"[^a-z0-9]", "", re.sub(r"(?<=\d)[._](?=\d)", "p", text.lower()))
 
 
 @dataclass
@@ -27,6 +28,9 @@ class Catalog:
     _by_name: dict[tuple[str, str], Family] = field(default_factory=dict, repr=False)
 
     def __post_init__(self) -> None:
+        from .errata import corrected
+
+        self.families = [corrected(f) for f in self.families]
         for family in self.families:
             self._by_name.setdefault((family.model_type, family.name), family)
 
@@ -99,6 +103,46 @@ class Catalog:
             fits.append(spec)
         return fits
 
+    def choose(self, family: Family, *, size=None, format: str | None = None, quantization: str | None = None,
+               hub: str | None = None, source: str | None = None) -> Choice:
+        """The spec a candidate means, and the hub id to fetch it from when the manifest gives no `source`.
+
+        A given `source` names its spec (whatever the size says). Left out, the source is taken from the first
+        spec that fits, the plain pytorch weights first, in Xinference's order; it cannot be when the family has
+        several sizes and none is given, when the hub has one repo per quantization and none is given, or when
+        the repo holds every quantization's file (GGUF): provision fetches whole repos."""
+        fits = self.specs(family, size=size, format=format, quantization=quantization)
+        fits.sort(key=lambda s: s.format != "pytorch")  # stable: Xinference's order within a format
+        if source:
+            for spec in self.specs(family, size=size, format=format):
+                for src in spec.sources.values():
+                    if source in (src.model_id, src.model_id_for(quantization)) or _templated_match(src.model_id, source):
+                        return Choice(spec, None, None)
+            sizes = {s.size for s in fits}
+            return Choice(fits[0] if len(sizes) == 1 and fits else None, None, None)
+        sizes = list(dict.fromkeys(s.size for s in fits if s.size is not None))
+        if size is None and len(sizes) > 1:
+            offered = ", ".join(str(x).replace("_", ".") for x in family.sizes())
+            return Choice(None, None, None, ("size_in_billions", f"`{family.name}` comes in several sizes ({offered})",
+                                             "give size_in_billions: the source, the launch and the memory estimate follow it"))
+        on_hub = [s for s in fits if hub in s.sources]
+        spec = on_hub[0] if on_hub else (fits[0] if fits else None)
+        if spec is None or not on_hub:
+            return Choice(spec, None, None)
+        src = spec.sources[hub]
+        if src.file_template:
+            return Choice(spec, None, None, ("source", f"the catalog's {spec.format} repo for `{family.name}` "
+                                             f"({src.model_id}) holds every quantization, and provision fetches "
+                                             "whole repos", "give source (a repo of the one quantization) or "
+                                             "local_path, or pick a format with one repo per model (pytorch, gptq, awq)"))
+        model_id = src.model_id_for(quantization)
+        if model_id is None:
+            offered = ", ".join(src.quantizations)
+            return Choice(spec, None, None, ("quantization", f"`{family.name}`{_sized(spec.size)} {spec.format} has one "
+                                             f"repo per quantization ({src.model_id})",
+                                             f"give quantization: {offered}"))
+        return Choice(spec, model_id, src.revision)
+
     # -- search -----------------------------------------------------------------------------------------
 
     def search(self, query: str | None = None, role: str | None = None) -> list[Family]:
@@ -115,6 +159,27 @@ class Catalog:
             if not wanted or any(wanted in k for k in keys):
                 found.append(family)
         return sorted(found, key=lambda f: (f.model_type != "LLM", f.model_type, f.name.lower()))
+
+
+@dataclass(frozen=True)
+class Choice:
+    """What Catalog.choose found: the spec, the hub id to fetch (None: none derived), and why not."""
+
+    spec: Spec | None
+    source: str | None
+    revision: str | None
+    problem: tuple[str, str, str] | None = None  # (manifest key, message, hint)
+
+
+def _templated_match(template: str, source: str) -> bool:
+    if "{quantization}" not in template:
+        return False
+    head, tail = template.split("{quantization}", 1)
+    return source.startswith(head) and source.endswith(tail) and len(source) > len(head) + len(tail)
+
+
+def _sized(size) -> str:
+    return f" {str(size).replace('_', '.')}B" if size is not None else ""
 
 
 def describe_choice(family: Family, spec: Spec | None) -> str:

@@ -8,22 +8,30 @@ the snapshot provision ships (`to_json` of the families).
 
 from __future__ import annotations
 
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from typing import Any
 
 MODEL_TYPES = ("LLM", "embedding", "rerank")
 ROLE_OF_TYPE = {"LLM": "chat", "embedding": "embedding", "rerank": "rerank"}
 # what provision keeps of a hub's model_metadata: enough for the KV cache and the weights check
 METADATA_KEYS = ("vocab_size", "num_attention_heads", "num_key_value_heads", "head_dim", "hidden_size",
-                 "num_hidden_layers", "intermediate_size", "architecture_type", "weights_bytes")
+                 "num_hidden_layers", "intermediate_size", "architecture_type", "weights_bytes",
+                 "full_attention_interval")
 
 
 @dataclass(frozen=True)
 class HubSource:
-    model_id: str
+    model_id: str  # may hold `{quantization}`: one repo per quantization (model_id_for fills it in)
     revision: str | None = None
     quantizations: tuple[str, ...] = ()
     metadata: dict[str, Any] = field(default_factory=dict, hash=False, compare=False)
+    file_template: str | None = None  # one file per quantization in one repo (GGUF): the repo holds them all
+
+    def model_id_for(self, quantization: str | None) -> str | None:
+        """The repo of that quantization; None when the id needs one and none is given."""
+        if "{quantization}" not in self.model_id:
+            return self.model_id
+        return self.model_id.replace("{quantization}", quantization) if quantization else None
 
 
 @dataclass(frozen=True)
@@ -95,7 +103,8 @@ class Family:
             "description": self.description, "builtin": self.builtin,
             "specs": [{"format": s.format, "size": s.size, "activated_size": s.activated_size,
                        "sources": {hub: {"model_id": src.model_id, "revision": src.revision,
-                                         "quantizations": list(src.quantizations), "metadata": src.metadata}
+                                         "quantizations": list(src.quantizations), "metadata": src.metadata,
+                                         **({"file_template": src.file_template} if src.file_template else {})}
                                    for hub, src in s.sources.items()}} for s in self.specs],
         }
 
@@ -103,7 +112,7 @@ class Family:
     def from_json(cls, data: dict) -> Family:
         specs = tuple(Spec(s["format"], s.get("size"), {
             hub: HubSource(src["model_id"], src.get("revision"), tuple(src.get("quantizations") or ()),
-                           dict(src.get("metadata") or {}))
+                           dict(src.get("metadata") or {}), src.get("file_template"))
             for hub, src in (s.get("sources") or {}).items()}, s.get("activated_size")) for s in data.get("specs") or [])
         return cls(data["name"], data["model_type"], specs, tuple(data.get("abilities") or ()), data.get("context_length"),
                    data.get("dimensions"), data.get("max_tokens"), tuple(data.get("architectures") or ()),
@@ -112,21 +121,51 @@ class Family:
 
 
 def family_from_xinference(data: dict, model_type: str, builtin: bool = True) -> Family:
-    """A family from Xinference's own JSON: specs with nested `model_src`, or flattened with `model_hub`."""
-    merged: dict[tuple[str, Any], dict[str, HubSource]] = {}
-    activated: dict[tuple[str, Any], float | None] = {}
+    """A family from Xinference's own JSON: specs with nested `model_src`, or flattened with `model_hub`.
+
+    Every spec stays its own, in Xinference's order: a family may list two of one format and size (qwen3
+    0.6B gptq Int8 and Int4, in two repos; llama-3.1-instruct 8B pytorch from meta-llama and from unsloth),
+    and the first is the one Xinference itself picks. A server lists one spec dict per hub and quantization
+    (`quantization`, singular): they are joined back into the package's shape (_join).
+    """
+    specs: list[Spec] = []
     for raw in data.get("model_specs") or []:
         if not isinstance(raw, dict):
             continue
-        key = (str(raw.get("model_format") or "pytorch"), _size(raw.get("model_size_in_billions")))
-        hubs = raw.get("model_src") if isinstance(raw.get("model_src"), dict) else {raw.get("model_hub") or "huggingface": raw}
-        for hub, src in hubs.items():
-            if isinstance(src, dict) and src.get("model_id"):
-                merged.setdefault(key, {})[hub] = HubSource(
-                    str(src["model_id"]), src.get("model_revision"), tuple(str(q) for q in src.get("quantizations") or ()),
-                    {k: v for k, v in (src.get("model_metadata") or {}).items() if k in METADATA_KEYS})
-        activated[key] = raw.get("activated_size_in_billions")
-    specs = tuple(Spec(fmt, size, hubs, activated.get((fmt, size))) for (fmt, size), hubs in merged.items())
+        fmt, size = str(raw.get("model_format") or "pytorch"), _size(raw.get("model_size_in_billions"))
+        if isinstance(raw.get("model_src"), dict):  # the package's form: one spec, its hubs nested
+            sources = {hub: _hub_source(src) for hub, src in raw["model_src"].items()
+                       if isinstance(src, dict) and src.get("model_id")}
+            if sources:
+                specs.append(Spec(fmt, size, sources, raw.get("activated_size_in_billions")))
+        elif raw.get("model_id"):  # a server's form: one dict per hub and quantization
+            _join(specs, fmt, size, raw)
+    return _family(data, model_type, tuple(specs), builtin)
+
+
+def _join(specs: list[Spec], fmt: str, size, raw: dict) -> None:
+    """One flattened spec dict into the spec it belongs to: the same repo (another quantization of it), else
+    the same spec on another hub (a quantization it offers), else a spec of its own."""
+    hub = str(raw.get("model_hub") or "huggingface")
+    quant = str(raw["quantization"]) if raw.get("quantization") is not None else None
+    single = _hub_source({**raw, "quantizations": [quant] if quant else []})
+    template = raw.get("model_file_name_template")
+    if template and quant:  # the package's form of a one-repo-many-files spec
+        single = replace(single, file_template=template.replace(quant, "{quantization}"))
+    same = [s for s in specs if (s.format, s.size) == (fmt, size)]
+    for spec in same:
+        mine = spec.sources.get(hub)
+        if mine is not None and mine.model_id == single.model_id and quant and quant not in mine.quantizations:
+            spec.sources[hub] = replace(mine, quantizations=mine.quantizations + (quant,))
+            return
+    for spec in same:
+        if hub not in spec.sources and (quant is None or quant in spec.quantizations()):
+            spec.sources[hub] = single
+            return
+    specs.append(Spec(fmt, size, {hub: single}, raw.get("activated_size_in_billions")))
+
+
+def _family(data: dict, model_type: str, specs: tuple[Spec, ...], builtin: bool) -> Family:
     lang = data.get("language") or data.get("model_lang") or ()
     return Family(
         name=str(data["model_name"]), model_type=model_type, specs=specs,
@@ -136,6 +175,12 @@ def family_from_xinference(data: dict, model_type: str, builtin: bool = True) ->
         languages=tuple(lang) if isinstance(lang, list) else (), description=str(data.get("model_description") or "")[:300],
         builtin=builtin,
     )
+
+
+def _hub_source(src: dict) -> HubSource:
+    return HubSource(str(src["model_id"]), src.get("model_revision"), tuple(str(q) for q in src.get("quantizations") or ()),
+                     {k: v for k, v in (src.get("model_metadata") or {}).items() if k in METADATA_KEYS},
+                     src.get("model_file_name_template"))
 
 
 def size_to_wire(size: float | int | str | None) -> int | str | None:

@@ -19,7 +19,6 @@ CPU_CHAT = ("qwen2.5-instruct", "0_5")
 # (name, GPU memory it takes with sentence_transformers on a GPU): multilingual first, then the small ones.
 EMBEDDINGS = [("bge-m3", 2.5 * GiB), ("bge-small-en-v1.5", 0.3 * GiB)]
 RERANKERS = [("bge-reranker-v2-m3", 2.5 * GiB), ("bge-reranker-base", 1.3 * GiB)]
-HEADROOM = 1.10
 MARGIN = 2 * GiB  # left free on the card for others' growth
 
 
@@ -91,8 +90,8 @@ def _pick_chat(catalog: Catalog, room: int) -> tuple[str, int | str, int, int] |
         if not specs:
             continue
         estimate = memory.estimate(family, specs[0], quantization="none", options={"max_model_len": context})
-        if estimate is not None and estimate.need * HEADROOM <= room:
-            return name, size, context, int(estimate.need * HEADROOM)
+        if estimate is not None and estimate.need * memory.AUTO_HEADROOM <= room:
+            return name, size, context, int(estimate.need * memory.AUTO_HEADROOM)
     return None
 
 

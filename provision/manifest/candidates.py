@@ -91,13 +91,11 @@ def derive_source(manifest: Manifest, model_type: str, values: dict) -> DerivedS
     family = catalog.family(model_type, values["name"])
     if family is None:
         return None
-    specs = catalog.specs(family, size=values.get("size_in_billions"), format=values.get("format"),
-                          quantization=values.get("quantization"), hub=hub)
-    specs.sort(key=lambda s: (s.format != "pytorch", s.size_billions or 0))  # the plain weights, smallest first
-    for spec in specs:
-        source = spec.sources[hub]
-        return DerivedSource(source.model_id, source.revision, f"from the catalog ({catalog.source})")
-    return None
+    choice = catalog.choose(family, size=values.get("size_in_billions"), format=values.get("format"),
+                            quantization=values.get("quantization"), hub=hub)
+    if choice.source is None:
+        return None
+    return DerivedSource(choice.source, choice.revision, f"from the catalog ({catalog.source})")
 
 
 def resolve_chain(manifest: Manifest, index: int) -> list[Candidate]:

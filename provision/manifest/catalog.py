@@ -72,10 +72,13 @@ def _check_candidate(catalog: Catalog, manifest: Manifest, c: Candidate, say) ->
             first = describe_choice(*choices[0]) if choices else ""
             hint = (f"the built-in name is {first}, with source: {c.name}; " if first else "") + \
                 f"`provision models {c.name}` shows it"
-        if catalog.authoritative:
+        if catalog.authoritative or "/" in c.name:  # no Xinference name has a '/', in any version
             say("name", said, hint + "; a custom model must be registered on the server first")
         else:
             say("name", said + " (a server of another version may have it)", hint, error=False)
+            if c.source is None and c.folder is None and manifest.download.hub != "none":
+                say("source", f"no source for `{c.name}`: the catalog does not know the name, so it cannot give one",
+                    "give source: owner/name (the hub id of the weights), or local_path")
         return
     if c.role == "chat" and "chat" not in family.abilities:
         say("name", f"`{c.name}` has no chat ability (abilities: {', '.join(family.abilities) or 'none'}): "
@@ -84,9 +87,13 @@ def _check_candidate(catalog: Catalog, manifest: Manifest, c: Candidate, say) ->
         return
     if c.source is None and c.folder is None:
         hub = manifest.download.hub
-        say("source", f"no source: the catalog lists no {hub} id for `{c.name}`"
-            + (f" {c.size_in_billions}B" if c.size_in_billions is not None else ""),
-            "give source: owner/name (the hub id of the weights), or local_path")
+        choice = catalog.choose(family, size=c.size_in_billions, format=c.format, quantization=c.quantization, hub=hub)
+        if choice.problem is not None:
+            key, message, hint = choice.problem
+            say(key, f"no source can be taken from the catalog: {message}", hint)
+        else:
+            say("source", f"no source: the catalog lists no {hub} id for `{c.name}`{_sized(c.size_in_billions)}",
+                "give source: owner/name (the hub id of the weights), or local_path")
     elif c.source and manifest.download.hub in ("modelscope", "huggingface") and not c.source_from_catalog:
         listed = [i for i, _ in family.hub_ids(manifest.download.hub)]
         if listed and c.source not in listed:

@@ -18,7 +18,7 @@ from dataclasses import dataclass
 from typing import TYPE_CHECKING
 
 from ..catalog import Catalog, memory
-from ..catalog.memory import Estimate, share_for
+from ..catalog.memory import Estimate
 from ..engines import DEFAULT_GPU_MEMORY_UTILIZATION, is_gpu_only
 from ..gpu import GiB, Gpu
 from ..manifest import Candidate
@@ -128,7 +128,7 @@ def fit_memory(c: Candidate, cs: CandidateStep, observed: Observed, gpus: GpuLed
                 if estimate is not None and estimate.need / count > fit.need:  # an estimate: no reason to skip
                     cs.memory += (f"; but it needs ~{gib(estimate.need / count)} ({estimate.arithmetic()}): vLLM may "
                                   f"fail with \"No available memory for the cache blocks\"; "
-                                  f"{_context_advice(estimate, fit.need * count)}")
+                                  f"{_context_advice(estimate, lambda n: n <= fit.need * count)}")
                 elif fit.need < min_need:  # not a skip: vLLM loads float32 weights as float16, half the listing
                     cs.memory += f"; the weights (~{gib(min_need)} with some KV cache) may not fit in that share"
     else:
@@ -155,20 +155,21 @@ def fit_memory(c: Candidate, cs: CandidateStep, observed: Observed, gpus: GpuLed
     gpus.fits[id(cs)] = fit
 
 
-AUTO_HEADROOM = 1.10  # `auto` sizes the share for the estimate plus this much: estimates are estimates
-
-
 def _auto_from_estimate(c: Candidate, cs: CandidateStep, fit: _Fit, estimate: Estimate, gpu: Gpu, count: int,
                         where: str, soft: bool) -> None:
     """`auto` with catalog facts: the smallest share that holds weights + KV cache + the engine, with headroom;
-    when that does not fit the free memory, the largest max_model_len that would."""
-    need = int(estimate.need * AUTO_HEADROOM / count)
-    share = share_for(need, gpu.total_bytes)
+    when that does not fit the free memory, the largest max_model_len that would (by the same test)."""
     room = gpu.free_bytes - _margin(gpu.total_bytes)
-    said = f"{estimate.arithmetic()}, x {AUTO_HEADROOM} headroom"
-    if share * gpu.total_bytes > room:
+
+    def fits(total_need: int) -> bool:
+        return memory.auto_share(total_need // count, gpu.total_bytes) * gpu.total_bytes <= room
+
+    need = int(estimate.need * memory.AUTO_HEADROOM / count)
+    share = memory.auto_share(estimate.need // count, gpu.total_bytes)
+    said = f"{estimate.arithmetic()}, x {memory.AUTO_HEADROOM} headroom"
+    if not fits(estimate.need):
         _skip(cs, "oom", f"auto: needs ~{gib(need)} ({said}), {gib(gpu.free_bytes)} free on {where} less a margin of "
-              f"{gib(_margin(gpu.total_bytes))}; {_context_advice(estimate, int(room * count / AUTO_HEADROOM))}", soft)
+              f"{gib(_margin(gpu.total_bytes))}; {_context_advice(estimate, fits)}", soft)
         if not soft:
             share = cs.gpu_memory_utilization or share
     else:
@@ -178,8 +179,8 @@ def _auto_from_estimate(c: Candidate, cs: CandidateStep, fit: _Fit, estimate: Es
     fit.need, fit.min_need, fit.auto = int(share * gpu.total_bytes), need, False
 
 
-def _context_advice(estimate: Estimate, room: int) -> str:
-    largest = estimate.largest_context(room)
+def _context_advice(estimate: Estimate, fits) -> str:
+    largest = estimate.largest_context(fits)
     if largest:
         return f"the largest max_model_len that fits is {largest} (options: {{max_model_len: {largest}}})"
     if estimate.kv is not None:
@@ -218,15 +219,15 @@ class GpuLedger:
         self.chosen: list[_Fit] = []  # each model's first candidate on a GPU, in manifest order
 
     def estimate(self, c: Candidate, listed_weights: int | None) -> Estimate | None:
-        """What a candidate needs (the KV cache: vLLM), from the catalog (None: the catalog does not know the model)."""
+        """What a candidate needs (the KV cache: vLLM), from the catalog (None: the catalog does not know the model).
+        The spec is the one the candidate's source names, else the one its size, format and quantization pick."""
         family = self.catalog.family(c.model_type, c.name) if self.catalog is not None else None
         if family is None:
             return None
-        specs = self.catalog.specs(family, size=c.size_in_billions, format=c.format, quantization=c.quantization)
-        spec = next((s for s in specs if s.size is not None), specs[0] if specs else None)
-        sized = spec is not None and spec.size_billions
-        return memory.estimate(family, spec, quantization=c.quantization, options=c.options,
-                               listed_weights=None if sized else listed_weights, hub=self.hub)
+        choice = self.catalog.choose(family, size=c.size_in_billions, format=c.format, quantization=c.quantization,
+                                     hub=self.hub, source=c.source)
+        return memory.estimate(family, choice.spec, quantization=c.quantization, options=c.options,
+                               listed_weights=listed_weights, hub=self.hub)
 
     def taken(self, gpu: Gpu) -> int:
         """What the first candidates placed so far take on `gpu` (an `auto` share: its least)."""
