@@ -204,8 +204,9 @@ def models(ctx: click.Context, query: str | None, role: str | None, as_json: boo
     """Search Xinference's built-in models: names, sizes, formats, dimensions, hub ids.
 
     QUERY matches names and ModelScope / Hugging Face ids (case and dashes ignored). An exact
-    name shows that model in full, with a manifest entry to paste. The catalog is the running
-    server's when one answers, else the installed xinference's, else the snapshot provision ships.
+    name shows that model in full, with a manifest entry to paste. The catalog is the installed
+    xinference's, else the snapshot provision ships (`validate` and `plan` ask the manifest's
+    server first: it knows the custom models registered on it).
 
     \b
     Example:

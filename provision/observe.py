@@ -8,6 +8,7 @@ cannot be read is left unknown, and the plan says so.
 
 from __future__ import annotations
 
+import dataclasses
 import os
 import shutil
 from concurrent.futures import ThreadPoolExecutor
@@ -71,16 +72,28 @@ def catalog_for(manifest: Manifest, state_dir: StateDir | None, previous: State 
         record = ServerRecord(url=manifest.server.endpoint, managed=False, **auth.server_record_fields(manifest))
     elif record is not None and (record.url != manifest.server.url or (record.managed and not procs.is_same_process(record))):
         record = None
-    if record is not None:
+    if record is not None and XinferenceClient(record.url).answers(timeout=2) is not None:
+        for client in _catalog_clients(state_dir, record):  # an API key may not read registrations: the admin can
+            found = catalog_sources.from_server(client)
+            if found is not None:
+                return found
+    local = catalog_sources.local()
+    if manifest.server.endpoint:  # a server provision does not run may be of another version than the local catalog
+        local = dataclasses.replace(local, authoritative=False, source=f"{local.source}; the server at "
+                                    f"{redact.url(manifest.server.endpoint)} did not answer and may run another version")
+    return local
+
+
+def _catalog_clients(state_dir: StateDir | None, record: ServerRecord) -> list[XinferenceClient]:
+    if state_dir is None:
+        return [XinferenceClient(record.url)]
+    clients = []
+    for make in (auth.admin_client, auth.key_client):
         try:
-            client = auth.key_client(state_dir, record) if state_dir else XinferenceClient(record.url)
-            if client.answers(timeout=2) == 200:
-                found = catalog_sources.from_server(client)
-                if found is not None:
-                    return found
+            clients.append(make(state_dir, record))
         except ProvisionError:
-            pass  # the server's catalog cannot be had: the local one
-    return catalog_sources.local()
+            continue  # no such credentials here
+    return clients
 
 
 def observe(manifest: Manifest, previous: State | None, state_dir: StateDir | None = None, *,

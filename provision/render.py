@@ -171,11 +171,9 @@ def ragflow(result) -> Rendered:
 
 
 def models(result) -> Rendered:
-    from .commands.models import detail, summary
-
     head = f"catalog: {result.catalog}"
     if result.detail is not None:
-        d = detail(result.detail)
+        d = result.detail
         lines = [f"{d['name']} ({d['role']}, {d['model_type']}) - {head}"]
         lines += [f"  {d['description']}"] if d["description"] else []
         lines += [f"  {label}: {value}" for label, value in (
@@ -189,7 +187,7 @@ def models(result) -> Rendered:
         lines += ["", table(["format", "size (B)", "quantizations", "modelscope", "huggingface", "KV bytes/token"], rows)]
         lines += ["", "Manifest entry (under `models:`):", d["manifest_entry"].rstrip("\n")]
         return "\n".join(lines), {"catalog": result.catalog, "model": d, "_errors": []}
-    found = [summary(f) for f in result.families]
+    found = result.found
     rows = [[s["name"], s["role"], _list(s["sizes"]), _list(s["formats"]), _list(s["quantizations"]),
              _numbers(s), _list(s["abilities"]), _list(s["modelscope_ids"], 2), _list(s["huggingface_ids"], 2)]
             for s in found]

@@ -127,6 +127,99 @@ def test_a_source_the_catalog_does_not_list_is_accepted_with_a_note():
     assert "fine for a fine-tune or a mirror" in note
 
 
+def test_every_spec_of_a_family_is_kept_even_two_of_one_format_and_size():
+    # qwen3 0.6B has two gptq specs (Int8 and Int4, different repos); both are real
+    m = manifest(CHAT.format(name="qwen3", extra="    size_in_billions: 0.6\n    format: gptq\n    quantization: Int8\n"))
+    assert apply_catalog(m, TRUTH) == []
+    assert m.candidates(0)[0].source == "Qwen/Qwen3-0.6B-GPTQ-Int8"
+
+
+def test_the_official_repo_is_the_source_not_a_later_spec_of_the_same_size():
+    m = manifest(CHAT.format(name="llama-3.1-instruct", extra="    size_in_billions: 8\n    format: pytorch\n"),
+                 hub="huggingface")
+    assert apply_catalog(m, TRUTH) == []
+    assert m.candidates(0)[0].source == "meta-llama/Meta-Llama-3.1-8B-Instruct"
+    m = manifest(CHAT.format(name="llama-3.1-instruct", extra="    size_in_billions: 8\n    format: pytorch\n"
+                                                              "    source: meta-llama/Meta-Llama-3.1-8B-Instruct\n"),
+                 hub="huggingface")
+    assert apply_catalog(m, TRUTH) == []  # the catalog's own id: no note
+
+
+def test_a_templated_hub_id_is_filled_in_with_the_quantization():
+    m = manifest(CHAT.format(name="Qwen3-Instruct", extra="    size_in_billions: 4\n    format: gptq\n"
+                                                          "    quantization: Int4\n"))
+    assert apply_catalog(m, TRUTH) == []
+    candidate = m.candidates(0)[0]
+    assert candidate.source == "JunHowie/Qwen3-4B-Instruct-2507-GPTQ-Int4"
+    assert candidate.folder.name == "Qwen3-4B-Instruct-2507-GPTQ-Int4"
+
+
+def test_a_templated_hub_id_without_a_quantization_asks_for_one():
+    [problem] = problems(CHAT.format(name="Qwen3-Instruct", extra="    size_in_billions: 4\n    format: gptq\n"))
+    assert "models[0].quantization" in problem
+    assert "Int4, Int8" in problem
+
+
+def test_a_gguf_source_is_not_derived_the_repo_holds_every_quantization():
+    [problem] = problems(CHAT.format(name="Qwen3-Instruct", extra="    size_in_billions: 4\n    format: ggufv2\n"
+                                                                  "    quantization: Q4_K_M\n"))
+    assert "models[0].source" in problem and "every quantization" in problem
+
+
+def test_a_family_of_several_sizes_needs_a_size_when_the_source_is_left_out():
+    [problem] = problems(CHAT.format(name="Qwen3-Instruct", extra=""))
+    assert "models[0].size_in_billions" in problem
+    assert "4, 30, 235" in problem
+
+
+def test_a_given_source_names_the_spec_the_estimate_is_made_for():
+    m = manifest(CHAT.format(name="Qwen3-Instruct", extra="    source: Qwen/Qwen3-4B-Instruct-2507\n"
+                                                          "    gpu_memory_utilization: auto\n"
+                                                          "    options: {max_model_len: 8192}\n"))
+    apply_catalog(m, SNAPSHOT)
+    gpu = Gpu(0, "L40S", 48 * GiB, 46 * GiB)
+    candidate = make_plan(m, Observed(gpus=[gpu], gpu_source="NVML")).steps[0].candidates[0]
+    assert not candidate.skip_reason, candidate.memory
+    assert "4 B parameters" in candidate.memory
+
+
+@pytest.mark.parametrize("name", ["Qwen/Qwen3-4B-Instruct-2507", "acme/whatever"])
+def test_a_hub_id_as_name_is_an_error_from_any_catalog(name):
+    with pytest.raises(ManifestError) as info:
+        apply_catalog(manifest(CHAT.format(name=name, extra="")), SNAPSHOT)
+    assert "is a hub id, not a built-in LLM name" in info.value.problems[0].render("m.yml")
+
+
+def test_an_unknown_name_without_source_is_an_error_even_from_the_snapshot():
+    m = manifest("  - role: embedding\n    uid: e\n    name: my-embedder\n")
+    with pytest.raises(ManifestError) as info:
+        apply_catalog(m, SNAPSHOT)
+    said = [p.render("m.yml") for p in info.value.problems]
+    assert any("models[0].source" in p and "source" in p for p in said), said
+
+
+def test_the_no_source_message_says_the_size_as_written():
+    m = manifest(CHAT.format(name="qwen2.5-instruct", extra="    size_in_billions: 0.5\n"), hub="huggingface")
+    catalog = Catalog([f for f in TRUTH.families if f.name != "qwen2.5-instruct"] + [
+        _without_hub(TRUTH.family("LLM", "qwen2.5-instruct"), "huggingface")], TRUTH.source, TRUTH.version)
+    with pytest.raises(ManifestError) as info:
+        apply_catalog(m, catalog)
+    said = info.value.problems[0].render("m.yml")
+    assert "0.5B" in said and "0_5" not in said
+
+
+def _without_hub(family, hub):
+    from dataclasses import replace
+
+    specs = tuple(replace(s, sources={h: v for h, v in s.sources.items() if h != hub}) for s in family.specs)
+    return replace(family, specs=specs)
+
+
+def test_a_dotted_version_is_not_read_as_another_number():
+    choices = [f.name for f, _ in TRUTH.suggestions("LLM", "qwen2.5-7b")]
+    assert choices[0] in ("qwen2.5", "qwen2.5-instruct") and "qwen2-moe-instruct" not in choices
+
+
 # -- weights against the name -------------------------------------------------------------------------------
 
 def folder(tmp_path: Path, config: dict, pooling: int | None = None) -> Path:
@@ -191,7 +284,7 @@ def test_the_memory_of_a_4b_model_from_its_metadata():
     assert estimate.need == 8_000_000_000 + 147_456 * 32768 + GiB
     assert "36 layers x 8 KV heads x 128 x 2 x 2 B = 144 KiB per token" in estimate.arithmetic()
     # 12 GiB of room: weights 7.45 GiB + engine 1 GiB leave 3.55 GiB, 25,856 tokens -> 25,600
-    assert estimate.largest_context(12 * GiB) == 25600
+    assert estimate.largest_context(lambda need: need <= 12 * GiB) == 25600
 
 
 def test_the_memory_of_a_half_b_model_and_its_default_context():
@@ -237,6 +330,51 @@ def test_a_transformers_candidate_without_a_listing_is_sized_from_the_catalog_sp
     assert candidate.memory.startswith("fits: needs ~8.9 GiB")
 
 
+def test_the_suggested_max_model_len_fits_when_it_is_used():
+    for free_gib in [11 + 0.25 * i for i in range(116)]:
+        m = manifest(CHAT.format(name="Qwen3-Instruct", extra="    size_in_billions: 4\n    gpu_memory_utilization: auto\n"))
+        apply_catalog(m, SNAPSHOT)
+        gpu = Gpu(0, "A100", 80 * GiB, int(free_gib * GiB))
+        candidate = make_plan(m, Observed(gpus=[gpu], gpu_source="NVML")).steps[0].candidates[0]
+        if candidate.skip_kind != "oom" or "largest max_model_len that fits is" not in candidate.skip_reason:
+            continue
+        length = int(candidate.skip_reason.split("largest max_model_len that fits is ")[1].split()[0])
+        m = manifest(CHAT.format(name="Qwen3-Instruct", extra="    size_in_billions: 4\n    gpu_memory_utilization: auto\n"
+                                                              f"    options: {{max_model_len: {length}}}\n"))
+        apply_catalog(m, SNAPSHOT)
+        again = make_plan(m, Observed(gpus=[gpu], gpu_source="NVML")).steps[0].candidates[0]
+        assert again.skip_kind is None, (free_gib, length, again.memory)
+        # and it is the largest: 1024 more does not fit
+        m = manifest(CHAT.format(name="Qwen3-Instruct", extra="    size_in_billions: 4\n    gpu_memory_utilization: auto\n"
+                                                              f"    options: {{max_model_len: {length + 1024}}}\n"))
+        apply_catalog(m, SNAPSHOT)
+        assert make_plan(m, Observed(gpus=[gpu], gpu_source="NVML")).steps[0].candidates[0].skip_kind == "oom"
+
+
+def test_mla_attention_has_no_kv_estimate_rather_than_a_wrong_one():
+    family, spec = spec_of("deepseek-v2-chat", 16)
+    estimate = memory.estimate(family, spec, quantization="none", options={"max_model_len": 8192})
+    assert estimate.kv is None and "MLA" in estimate.context_said
+
+
+def test_hybrid_attention_counts_only_the_full_attention_layers():
+    family = SNAPSHOT.family("LLM", "qwen3.5")
+    spec = next(s for s in family.specs if memory.kv_cache(s) is not None)
+    meta = next(iter(spec.sources.values())).metadata
+    kv = memory.kv_cache(spec)
+    assert kv.layers == meta["num_hidden_layers"] // meta["full_attention_interval"]
+
+
+def test_listed_weight_files_beat_the_catalogs_size():
+    # moonlight-16b-a3b-instruct says 3 (B, activated) in the catalog; its files weigh 32 GB
+    from provision.plan.gpu_fit import GpuLedger
+
+    m = manifest(CHAT.format(name="moonlight-16b-a3b-instruct", extra="    size_in_billions: 3\n"))
+    apply_catalog(m, SNAPSHOT)
+    estimate = GpuLedger([], catalog=SNAPSHOT, hub="modelscope").estimate(m.candidates(0)[0], 32 * 10**9)
+    assert estimate.weights == 32 * 10**9 and estimate.weights_said == "the listed weight files"
+
+
 # -- the snapshot -------------------------------------------------------------------------------------------
 
 def test_the_snapshot_is_the_pinned_packages_catalog():
@@ -258,3 +396,110 @@ def test_every_answer_says_where_it_came_from():
     package = sources.from_package()
     if package is not None:
         assert package.source == f"xinference {package.version} (installed)" and package.authoritative
+
+
+# -- RAGFlow's numbers ----------------------------------------------------------------------------------------
+
+class _Described:
+    def __init__(self, facts: dict):
+        self.facts = facts
+
+    def describe(self, uid):
+        return self.facts
+
+
+@pytest.mark.parametrize("described", [{"context_length": 262144}, {}])
+def test_max_tokens_for_ragflow_is_the_max_model_len_the_model_was_launched_with(described):
+    from provision.apply.models import _read_model_facts
+    from provision.state import ModelRecord
+
+    record = ModelRecord(role="chat", uid="chat", model_type="LLM", status="running", name="Qwen3-Instruct",
+                         payload={"model_name": "Qwen3-Instruct", "max_model_len": 8192})
+    _read_model_facts(_Described(described), record, SNAPSHOT)
+    assert record.context_length == 8192
+    assert record.numbers_from["context_length"].startswith("the launch's max_model_len")
+
+
+# -- weights: what sentence-transformers and the config say ---------------------------------------------------
+
+def test_a_dense_module_sets_the_output_size(tmp_path):
+    out = folder(tmp_path, {**MINILM, "hidden_size": 1024}, pooling=1024)
+    modules = json.loads((out / "modules.json").read_text())
+    modules.append({"idx": 2, "name": "2", "path": "2_Dense", "type": "sentence_transformers.models.Dense"})
+    (out / "modules.json").write_text(json.dumps(modules))
+    (out / "2_Dense").mkdir()
+    (out / "2_Dense" / "config.json").write_text(json.dumps({"in_features": 1024, "out_features": 768}))
+    assert weights.read_facts(out).dimensions == 768
+    assert weights.verdict(SNAPSHOT, "embedding", "bge-base-en-v1.5", out) is None
+
+
+def test_a_short_max_seq_length_is_said_not_refused(tmp_path):
+    # all-MiniLM-L6-v2 keeps 256 tokens though its positions allow 512: worth saying, no reason to refuse
+    out = folder(tmp_path, {**MINILM, "hidden_size": 1024, "max_position_embeddings": 8194}, pooling=1024)
+    (out / "sentence_bert_config.json").write_text(json.dumps({"max_seq_length": 512}))
+    assert weights.verdict(SNAPSHOT, "embedding", "bge-m3", out) is None
+    [remark] = weights.remarks(SNAPSHOT.family("embedding", "bge-m3"), weights.read_facts(out))
+    assert remark == ("sentence-transformers keeps 512 tokens (max_seq_length), the catalog says 8192: "
+                      "longer chunks are cut")
+
+
+def test_a_catalog_entry_known_to_be_wrong_is_corrected(tmp_path):
+    # Xinference 4.1.0 lists jina-embeddings-v2-base-en at 512 dimensions; the model (a JinaBert of hidden
+    # size 768) gives 768, as its card says. The genuine weights must not be refused.
+    jina = {"architectures": ["JinaBertForMaskedLM"], "model_type": "bert", "hidden_size": 768,
+            "max_position_embeddings": 8192}
+    assert weights.verdict(SNAPSHOT, "embedding", "jina-embeddings-v2-base-en", folder(tmp_path, jina, 768)) is None
+    assert SNAPSHOT.family("embedding", "jina-embeddings-v2-base-en").dimensions == 768
+
+
+def test_an_llm_folder_is_matched_on_its_shape_not_only_its_lineage(tmp_path):
+    llama8b = {"architectures": ["LlamaForCausalLM"], "model_type": "llama", "hidden_size": 4096,
+               "num_hidden_layers": 32, "num_attention_heads": 32, "num_key_value_heads": 8, "vocab_size": 128256}
+    problem, hint = weights.verdict(SNAPSHOT, "LLM", "deepseek-r1-distill-qwen", folder(tmp_path, llama8b))
+    assert "LlamaForCausalLM" in problem
+    assert hint.startswith("these weights fit `deepseek-r1-distill-llama`")  # the same shape, the closest name
+    assert "Yi-1.5" not in hint  # a Llama of another shape (4096 hidden, 32 layers, but 64000 words)
+
+
+def test_the_installed_package_is_not_the_truth_for_a_server_that_did_not_answer(tmp_path):
+    from provision.observe import catalog_for
+
+    text = ("version: 1\nname: t\nserver:\n  endpoint: http://127.0.0.1:9\nmodels:\n"
+            "  - role: embedding\n    uid: e\n    name: bge-m3\nroles: {chat: 0, embedding: 1, rerank: 0}\n")
+    m = parse(text, file="m.yml", environ={})
+    catalog = catalog_for(m, None)
+    assert catalog.authoritative is False
+    assert "http://127.0.0.1:9 did not answer" in catalog.source
+
+
+# -- a server's catalog: one spec dict per hub and quantization (xinference 4.1's model_registrations) --------
+
+def _flat(fmt, size, quant, hub, model_id, **extra):
+    return {"model_format": fmt, "model_size_in_billions": size, "quantization": quant, "model_hub": hub,
+            "model_id": model_id, "model_revision": None, **extra}
+
+
+def test_a_servers_flattened_specs_are_joined_back_into_the_packages():
+    from provision.catalog.model import family_from_xinference
+
+    served = {"model_name": "Qwen3-Instruct", "model_ability": ["chat"], "context_length": 262144, "model_specs": [
+        _flat("pytorch", 4, "none", "huggingface", "Qwen/Qwen3-4B-Instruct-2507"),
+        _flat("pytorch", 4, "none", "modelscope", "Qwen/Qwen3-4B-Instruct-2507"),
+        _flat("gptq", 4, "Int4", "huggingface", "JunHowie/Qwen3-4B-Instruct-2507-GPTQ-Int4"),
+        _flat("gptq", 4, "Int8", "huggingface", "JunHowie/Qwen3-4B-Instruct-2507-GPTQ-Int8"),
+        _flat("gptq", 4, "Int4", "modelscope", "JunHowie/Qwen3-4B-Instruct-2507-GPTQ-Int4"),
+        _flat("ggufv2", 4, "Q4_K_M", "modelscope", "unsloth/Qwen3-4B-Instruct-2507-GGUF",
+              model_file_name_template="Qwen3-4B-Instruct-2507-Q4_K_M.gguf"),
+        _flat("ggufv2", 4, "Q8_0", "modelscope", "unsloth/Qwen3-4B-Instruct-2507-GGUF",
+              model_file_name_template="Qwen3-4B-Instruct-2507-Q8_0.gguf"),
+    ]}
+    family = family_from_xinference(served, "LLM")
+    catalog = Catalog([family], "the server at http://127.0.0.1:1 (xinference 4.1.0)", "4.1.0")
+    assert [s.quantizations() for s in catalog.specs(family, size=4, format="gptq")] == [["Int4"], ["Int8"]]
+    assert catalog.specs(family, size=4, format="gptq", quantization="Int8", hub="huggingface")
+    int4 = catalog.choose(family, size=4, format="gptq", quantization="Int4", hub="modelscope")
+    assert int4.source == "JunHowie/Qwen3-4B-Instruct-2507-GPTQ-Int4"
+    [gguf] = catalog.specs(family, size=4, format="ggufv2")
+    assert gguf.quantizations("modelscope") == ["Q4_K_M", "Q8_0"] and gguf.sources["modelscope"].file_template
+    [plain] = catalog.specs(family, size=4, format="pytorch")
+    assert set(plain.sources) == {"huggingface", "modelscope"} and plain.quantizations() == ["none"]

@@ -139,6 +139,21 @@ def test_status_and_verify_report_the_running_stack(stack: E2EStack):
     assert {c["uid"]: c["detail"] for c in doc["checks"] if c["role"] == "embedding"}["e2e-embed"].startswith("384")
 
 
+def test_validate_asks_the_running_server_for_its_catalog(stack: E2EStack):
+    code, doc, output = stack.run("validate", str(stack.manifest), "--json")
+    assert code == 0, output
+    [checked] = doc["manifests"]
+    assert checked["catalog"] == f"the server at http://127.0.0.1:{stack.port} (xinference 4.1.0)"
+    assert not any("built-in" in w for w in checked["warnings"])  # every name is the server's
+    typo = stack.manifest.with_name("typo.yml")
+    typo.write_text(stack.manifest.read_text().replace("name: bge-reranker-base\n", "name: bge-reranker-bse\n", 1))
+    code, doc, _ = stack.run("validate", str(typo), "--json")
+    assert code == 2
+    [problem] = doc["errors"][0]["problems"]
+    assert "not a built-in rerank model in the server at" in problem["message"]
+    assert "`bge-reranker-base`" in problem["hint"]
+
+
 def test_second_up_is_a_no_op(stack: E2EStack):
     pid_before = stack.state_json()["server"]["pid"]
     code, doc, stderr = stack.run("up", str(stack.manifest), "--json")

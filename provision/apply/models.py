@@ -283,3 +283,9 @@ def _read_model_facts(client: XinferenceClient, record: ModelRecord, catalog) ->
         elif isinstance(listed.get(key), int) and listed[key] > 0:
             setattr(record, key, listed[key])
             record.numbers_from[key] = f"the catalog ({catalog.source}): `{record.name}`"
+    served = (record.payload or {}).get("max_model_len")
+    if record.model_type == "LLM" and isinstance(served, int) and served > 0 and served < (record.context_length or 1 << 62):
+        # the model serves what it was launched with, not the family's context: RAGFlow must not ask for more
+        was = f" ({record.numbers_from['context_length']} says {record.context_length})" if record.context_length else ""
+        record.context_length = served
+        record.numbers_from["context_length"] = f"the launch's max_model_len{was}"

@@ -16,8 +16,8 @@ class ModelsResult:
     catalog: str
     query: str | None
     role: str | None
-    families: list[Family] = field(default_factory=list)
-    detail: Family | None = None  # one family shown in full (the query named it exactly)
+    found: list[dict] = field(default_factory=list)  # summary() of each family that matched
+    detail: dict | None = None  # detail() of the one family the query named exactly
     exit_code: int = 0
 
 
@@ -25,8 +25,8 @@ def models(query: str | None, role: str | None) -> ModelsResult:
     catalog = sources.local()
     exact = [f for f in catalog.families if query and f.name == query and (role is None or f.role == role)]
     if len(exact) == 1:
-        return ModelsResult(catalog.source, query, role, exact, exact[0])
-    found = catalog.search(query, role)
+        return ModelsResult(catalog.source, query, role, [summary(exact[0])], detail(exact[0]))
+    found = [summary(f) for f in catalog.search(query, role)]
     return ModelsResult(catalog.source, query, role, found, exit_code=0 if found or not query else 1)
 
 
@@ -69,8 +69,12 @@ def manifest_entry(family: Family, hub: str = "modelscope") -> str:
         if spec.size is not None:
             lines.append(f"    size_in_billions: {str(spec.size).replace('_', '.')}")
         lines.append(f"    format: {spec.format}")
-        if spec.sources.get(hub):
-            lines.append(f"    source: {spec.sources[hub].model_id}")
+        src = spec.sources.get(hub)
+        quantization = src.quantizations[0] if src and src.quantizations else None
+        if quantization and quantization != "none":
+            lines.append(f"    quantization: {quantization}")
+        if src and not src.file_template:  # a GGUF repo holds every quantization: the user picks the file's repo
+            lines.append(f"    source: {src.model_id_for(quantization) or src.model_id}")
     if family.model_type == "LLM":
         lines += ["    engine: vLLM", "    gpu_memory_utilization: auto", "    options: {max_model_len: 8192}",
                   "    fallbacks:", "      - engine: Transformers"]

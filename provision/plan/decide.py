@@ -163,6 +163,8 @@ def _check(manifest: Manifest, c: Candidate, cs: CandidateStep, observed: Observ
         cs.notes.append(f"weights: {refused[0]} (accept_weights_mismatch: launched anyway)")
     elif refused is not None and cs.skip_kind is None:
         cs.skip_kind, cs.skip_reason = "weights_mismatch", f"{refused[0]} ({refused[1]})"
+    catalog = manifest._catalog
+    cs.notes += weights.remarks(catalog.family(c.model_type, c.name) if catalog else None, facts)
     no_worker = worker_ip_problem(c.worker_ip, observed.workers)
     if no_worker:  # the placement the manifest asks for cannot be had: this is what to fix first
         cs.skip_kind, cs.skip_reason = "no_worker", no_worker
