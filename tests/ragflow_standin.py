@@ -65,6 +65,7 @@ class _Server:
 
         class Handler(BaseHTTPRequestHandler):
             protocol_version = "HTTP/1.1"
+            wbufsize = -1  # headers and body leave in one write (no Nagle / delayed-ACK stall per answer)
 
             def log_message(self, *args):  # quiet
                 pass
