@@ -282,7 +282,7 @@ class RagflowStandin(_Server):
         self.defaults: dict[str, tuple[str, str]] = {}  # model_type -> (instance id, model name)
         # llm_app state
         self.llms: dict[str, dict] = {}  # name -> {id, type, api_base, api_key, max_tokens, status}
-        self.tenant = {"tenant_id": self.tenant_id, "name": "admin's Kingdom", "llm_id": "", "embd_id": "",
+        self.tenant = {"tenant_id": self.tenant_id, "name": "admin\u2018s Kingdom", "llm_id": "", "embd_id": "",
                        "rerank_id": "", "asr_id": "", "img2txt_id": "", "tts_id": None, "role": "owner",
                        "parser_ids": "naive:General"}
         self.datasets: list[dict] = []
@@ -292,11 +292,12 @@ class RagflowStandin(_Server):
     def add_dataset(self, name: str, embedding_model: str, *, chunk_count: int = 3, dim: int = 8,
                     similarity: float = 1.0) -> str:
         """A dataset whose chunks were embedded by embedding_model into `dim` dimensions; an embedding check
-        finds `similarity` between those vectors and the candidate's (when the dimensions agree)."""
+        with another model finds `similarity` between those vectors and the candidate's (when the dimensions
+        agree), with the same model 1.0."""
         ds_id = uuid.uuid4().hex
         self.datasets.append({"id": ds_id, "name": name, "embedding_model": embedding_model, "chunk_count": chunk_count,
                               "document_count": 1 if chunk_count else 0, "chunk_method": "naive", "_dim": dim,
-                              "_similarity": similarity, "tenant_id": self.tenant_id})
+                              "_similarity": similarity, "_doc_id": uuid.uuid4().hex, "tenant_id": self.tenant_id})
         return ds_id
 
     def instance(self, name: str) -> dict | None:
@@ -417,7 +418,7 @@ class RagflowStandin(_Server):
             raise _Fail(109, f"Email: {body.get('email')} is not registered!")
         try:
             inner = self._key.decrypt(base64.b64decode(body.get("password") or ""), padding.PKCS1v15())
-            password = base64.b64decode(inner).decode()
+            password = base64.b64decode(inner, validate=True).decode()  # a wrong key gives random bytes
         except Exception:  # noqa: BLE001
             raise _Fail(500, "Fail to crypt password") from None
         if password != self.password:
@@ -558,8 +559,8 @@ class RagflowStandin(_Server):
         if name in inst["models"]:
             return f"Model '{name}' already exists for provider '{PROVIDER}' and instance '{inst_label}'"
         types = [model_type] if isinstance(model_type, str) else list(model_type or [])
-        inst["models"][name] = {"model_type": [t for t in types if t in MODEL_TYPE_WORDS], "status": "active",
-                                "extra": {"max_tokens": max_tokens, **(extra or {})}}
+        inst["models"][name] = {"id": uuid.uuid4().hex, "model_type": [t for t in types if t in MODEL_TYPE_WORDS],
+                                "status": "active", "extra": {"max_tokens": max_tokens, **(extra or {})}}
         return ""
 
     def _update_instance(self, body, query, headers, provider, name):
@@ -677,7 +678,7 @@ class RagflowStandin(_Server):
             model = inst["models"].get(name) if inst else None
             if model is None or model["status"] != "active":
                 continue  # RAGFlow leaves a stale default out
-            out.append({"enable": True, "model_id": f"{inst_id}:{name}", "model_instance": inst["instance_name"],
+            out.append({"enable": True, "model_id": model["id"], "model_instance": inst["instance_name"],
                         "model_name": name, "model_provider": PROVIDER, "model_type": model_type})
         return {"code": 0, "data": {"models": out}}
 
@@ -711,9 +712,10 @@ class RagflowStandin(_Server):
             for name, model in inst["models"].items():
                 if query.get("type") and query["type"] not in model["model_type"]:
                     continue
-                out.append({"model_id": f"{inst['id']}:{name}", "name": name, "model_type": model["model_type"],
+                out.append({"model_id": model["id"], "name": name, "model_type": model["model_type"],
                             "provider_id": self.provider_id, "provider_name": PROVIDER, "instance_id": inst["id"],
-                            "instance_name": inst["instance_name"], "tenant_id": self.tenant_id, "rank": 500})
+                            "instance_name": inst["instance_name"], "tenant_id": self.tenant_id,
+                            "tenant_name": self.tenant["name"], "rank": 500})
         return {"code": 0, "data": out}
 
     # -- datasets -----------------------------------------------------------------------------------
@@ -756,12 +758,13 @@ class RagflowStandin(_Server):
             if len(vectors[1]) != dataset["_dim"]:
                 raise _Fail(102, f"Embedding failure. The dimension ({len(vectors[1])}) of given embedding model is "
                                  f"different from the original ({dataset['_dim']})")
-            sims.append(dataset["_similarity"])
-            results.append({"chunk_id": uuid.uuid4().hex[:16], "cos_sim": dataset["_similarity"], "doc_id": "d1",
+            sim = 1.0 if body["embd_id"] == dataset["embedding_model"] else dataset["_similarity"]
+            sims.append(sim)
+            results.append({"chunk_id": uuid.uuid4().hex[:16], "cos_sim": sim, "doc_id": dataset["_doc_id"],
                             "doc_name": "doc.txt", "vector_dim": dataset["_dim"],
                             "vector_field": f"q_{dataset['_dim']}_vec"})
         avg = round(sum(sims) / len(sims), 6)
-        summary = {"avg_cos_sim": avg, "kb_id": dataset_id, "match_mode": "content_only", "max_cos_sim": max(sims),
+        summary = {"avg_cos_sim": avg, "kb_id": dataset_id, "match_mode": "title+content", "max_cos_sim": max(sims),
                    "min_cos_sim": min(sims), "model": body["embd_id"], "sampled": len(sims), "valid": len(sims)}
         data = {"results": results, "summary": summary}
         if avg >= 0.9:
@@ -821,7 +824,7 @@ class RagflowStandin(_Server):
                 outcome["error"] = exc
 
         if model_type not in ("chat", "embedding", "rerank"):
-            return False, f"\nFail to access {label}.unsupported in the stand-in"
+            return False, ""  # RAGFlow checks no unknown type word (a type given as a string is iterated)
         worker = threading.Thread(target=work, daemon=True)
         worker.start()
         worker.join(self.verify_timeout)

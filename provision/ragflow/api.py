@@ -101,7 +101,6 @@ class Call:
     body: dict | None = None
     params: dict | None = None
     slow: bool = False  # RAGFlow calls the models while answering (verify, discovery, embedding check)
-    reason: str = ""
 
     def shown(self) -> dict:
         out: dict[str, Any] = {"method": self.method, "path": self.path}
@@ -109,8 +108,6 @@ class Call:
             out["params"] = redact.secret_values(self.params)
         if self.body is not None:
             out["body"] = redact.secret_values(self.body)
-        if self.reason:
-            out["reason"] = self.reason
         return out
 
 
