@@ -77,6 +77,10 @@ def up(result) -> Rendered:
         lines += ["", "RAGFlow config written: " + ", ".join(result.files.values())]
     if result.paste:
         lines += ["", result.paste]
+    if result.ragflow_applied is not None:
+        lines += ["", *result.ragflow_applied.lines()]
+    if result.ragflow_error is not None:
+        lines += ["", f"RAGFlow: error: {result.ragflow_error.render()}"]
     data = {
         "plan": asdict(result.plan),
         "server": asdict(state.server) if state.server else None,
@@ -87,8 +91,11 @@ def up(result) -> Rendered:
         "timings": result.timings,
         "terminated": result.terminated,
         "earlier_server": result.earlier_server,
+        "ragflow_apply": result.ragflow_applied.to_json() if result.ragflow_applied is not None else None,
         "_errors": [{"type": "LaunchError", "message": f"{m.uid}: {m.error}"} for m in failed]
-        + [_check_error(c) for c in result.checks if not c.ok],
+        + [_check_error(c) for c in result.checks if not c.ok]
+        + ([result.ragflow_error.to_json()] if result.ragflow_error is not None else [])
+        + (ragflow_apply_errors(result.ragflow_applied) if result.ragflow_applied is not None else []),
     }
     return "\n".join(lines), data
 
@@ -161,6 +168,24 @@ def down(result) -> Rendered:
     data = asdict(result)
     data["_errors"] = [{"type": "XinferenceError", "message": e} for e in result.errors]
     return "\n".join(lines), data
+
+
+def ragflow_apply_errors(applied) -> list[dict]:
+    """RAGFlow's failed checks and the defaults held back, as errors[] entries."""
+    errors = [{"type": "RagflowCheck", "message": f"{c.uid}: {c.message}", "hint": c.remedy}
+              for c in applied.checks if c.ok is False]
+    return errors + [{"type": "RagflowDefault", "message": f"default {d.model_type} held: {d.reason}", "hint": None}
+                     for d in applied.defaults if d.action == "held"]
+
+
+def ragflow_apply(result) -> Rendered:
+    applied = result.result
+    return "\n".join(applied.lines()), {"ragflow": applied.to_json(), "_errors": ragflow_apply_errors(applied)}
+
+
+def ragflow_status(result) -> Rendered:
+    seen = result.result
+    return "\n".join(seen.lines()), {"ragflow": seen.to_json(), "_errors": []}
 
 
 def ragflow(result) -> Rendered:

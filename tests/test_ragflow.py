@@ -44,36 +44,37 @@ def make_state(host: str = "0.0.0.0", port: int = 9997, docker: bool = False) ->
 
 
 @pytest.mark.parametrize("host, expected", [
-    ("0.0.0.0", "http://127.0.0.1:9997/v1"),
-    ("::", "http://[::1]:9997/v1"),  # as for every client of a :: server (netaddr.connect_host)
-    ("", "http://127.0.0.1:9997/v1"),
-    ("127.0.0.1", "http://127.0.0.1:9997/v1"),
-    ("10.1.2.3", "http://10.1.2.3:9997/v1"),
-    ("fe80::1", "http://[fe80::1]:9997/v1"),
+    ("0.0.0.0", "http://127.0.0.1:9997"),
+    ("::", "http://[::1]:9997"),  # as for every client of a :: server (netaddr.connect_host)
+    ("", "http://127.0.0.1:9997"),
+    ("127.0.0.1", "http://127.0.0.1:9997"),
+    ("10.1.2.3", "http://10.1.2.3:9997"),
+    ("fe80::1", "http://[fe80::1]:9997"),
 ])
 def test_base_url(host, expected):
     url = base_url(host, 9997)
     assert url == expected
-    assert not url.endswith("/")  # RAGFlow 0.19-0.26 turn /v1/ into /v1/v1
+    assert not url.endswith("/") and not url.endswith("/v1")  # RAGFlow adds /v1; with it, its model list is empty
 
 
 @pytest.mark.parametrize("host, expected", [
-    ("0.0.0.0", "http://host.docker.internal:9997/v1"),
-    ("127.0.0.1", "http://host.docker.internal:9997/v1"),
-    ("localhost", "http://host.docker.internal:9997/v1"),
-    ("10.1.2.3", "http://10.1.2.3:9997/v1"),
+    ("0.0.0.0", "http://host.docker.internal:9997"),
+    ("127.0.0.1", "http://host.docker.internal:9997"),
+    ("localhost", "http://host.docker.internal:9997"),
+    ("10.1.2.3", "http://10.1.2.3:9997"),
 ])
 def test_docker_base_url(host, expected):
     assert docker_base_url(host, 9997) == expected
-    assert docker_base_url("0.0.0.0", 9997, "172.17.0.1") == "http://172.17.0.1:9997/v1"
+    assert docker_base_url("0.0.0.0", 9997, "172.17.0.1") == "http://172.17.0.1:9997"
 
 
 def test_build_provider_lists_running_models_only():
     provider = build_provider(make_state())
     assert provider["provider"] == "Xinference" and provider["generated_by"] == "provision"
-    assert provider["base_url"] == "http://127.0.0.1:9997/v1"
-    assert provider["docker_base_url"] == "http://host.docker.internal:9997/v1"
-    assert provider["api_key"] is None
+    assert provider["base_url"] == "http://127.0.0.1:9997"
+    assert provider["docker_base_url"] == "http://host.docker.internal:9997"
+    assert provider["openai_base_url"] == "http://127.0.0.1:9997/v1"  # for OpenAI clients, which do not add it
+    assert provider["api_key"] == "x" and provider["server_auth"] is False  # never empty: RAGFlow refuses that
     assert [m["uid"] for m in provider["models"]] == ["qwen-chat", "bge-emb", "bge-rr"]
     chat, emb, rr = provider["models"]
     assert chat == {"role": "chat", "model_type": "chat", "uid": "qwen-chat", "max_tokens": 32768,
@@ -95,10 +96,10 @@ def test_build_provider_warns_about_loopback_with_docker_and_missing_roles():
 
 
 def test_base_url_of_state_uses_bind_host_or_url():
-    assert base_url_of(make_state(host="0.0.0.0", port=9000)) == "http://127.0.0.1:9000/v1"
+    assert base_url_of(make_state(host="0.0.0.0", port=9000)) == "http://127.0.0.1:9000"
     external = make_state()
     external.server = ServerRecord(url="https://xinf.example:8443/", managed=False)
-    assert base_url_of(external) == "https://xinf.example:8443/v1"
+    assert base_url_of(external) == "https://xinf.example:8443"
 
 
 def test_build_provider_without_server():
@@ -132,7 +133,7 @@ def test_service_conf_block(docker):
     assert text.startswith("#")
     assert "only to users created after" in text and "llm_factories.json" in text and "v0.26+" in text
     conf = yaml.safe_load(text)["user_default_llm"]
-    url = "http://host.docker.internal:9997/v1" if docker else "http://127.0.0.1:9997/v1"
+    url = "http://host.docker.internal:9997" if docker else "http://127.0.0.1:9997"
     assert conf["factory"] == "Xinference" and conf["base_url"] == url
     models = conf["default_models"]
     assert models["chat_model"] == {"name": "qwen-chat", "factory": "Xinference", "base_url": url, "api_key": "x"}
@@ -143,17 +144,18 @@ def test_service_conf_block(docker):
 def test_paste_block_docker():
     provider = build_provider(make_state(docker=True))
     text = paste_block(provider, docker=True)
-    assert "http://host.docker.internal:9997/v1" in text
+    assert "http://host.docker.internal:9997" in text
     for uid in ("qwen-chat", "bge-emb", "bge-rr"):
         assert uid in text
     assert "broken-rr" not in text
     assert "Max tokens: 32768" in text
     assert "verbatim" in text
-    assert "(leave empty)" in text
+    assert "API key:    x    (the server has no authentication: type any non-empty key" in text
+    assert "no /v1" in text
 
 
 def test_paste_block_local():
     provider = build_provider(make_state(), api_key="xf-key")
     text = paste_block(provider, docker=False)
-    assert "http://127.0.0.1:9997/v1" in text and "host.docker.internal" not in text
+    assert "http://127.0.0.1:9997" in text and "host.docker.internal" not in text
     assert "xf-key" in text

@@ -35,6 +35,8 @@ class UpResult:
     exit_code: int
     terminated: list[str] = field(default_factory=list)
     earlier_server: str = ""  # what stopping the server an earlier `up` started did (a restart)
+    ragflow_applied: object = None  # ragflow.result.ApplyResult, when the manifest has ragflow.url
+    ragflow_error: object = None  # the ProvisionError that stopped registering in RAGFlow
 
 
 class Interrupted(KeyboardInterrupt):

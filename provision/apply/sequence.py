@@ -131,16 +131,43 @@ def _apply(run: UpRun, plan: Plan) -> UpResult:
         files = {name: str(path) for name, path in ragflow.write_config(run.state_dir, run.state, run.api_key).items()}
         paste = ragflow.paste_block(provider, docker=manifest.ragflow.docker)
     run.save()
+    applied, refused = _register_in_ragflow(run) if running else (None, None)
 
     wanted = [s for s in plan.steps if s.action != TERMINATE]
     good = {c.uid for c in checks if c.ok}
     failed = [s.uid for s in wanted if s.uid not in good]
     exit_code = EXIT_OK if not failed else (EXIT_PARTIAL if good else EXIT_FAILED)
+    if exit_code == EXIT_OK and (refused is not None or (applied is not None and not applied.ok)):
+        exit_code = EXIT_PARTIAL  # the stack is up; RAGFlow does not have all of it
     timings = {"total": time.monotonic() - run.started, **run.stage_seconds}
     if run.first_ready is not None:
         timings["first_ready"] = run.first_ready
     return UpResult(plan, run.state, checks, provider, files, paste, timings, exit_code, terminated,
-                    run.earlier_server)
+                    run.earlier_server, applied, refused)
+
+
+def _register_in_ragflow(run: UpRun):
+    """With ragflow.url (and ragflow.apply not false): the stack registered in RAGFlow, checked from its side.
+    (ApplyResult or None, the error that stopped it or None); the stack stays up either way."""
+    from ..errors import ProvisionError
+    from ..ragflow.register import register, target_for
+
+    settings = run.manifest.ragflow
+    target = target_for(settings, run.manifest.name)
+    if target is None or not settings.apply:
+        return None, None
+    started = time.monotonic()
+    run.console.line(f"[ragflow] registering the stack in RAGFlow at {target.url} (instance {target.instance!r})")
+    try:
+        applied = register(run.state_dir, run.state, target)
+    except ProvisionError as exc:
+        run.console.warn(f"RAGFlow: {exc.render()}")
+        return None, exc
+    finally:
+        run.stage_seconds["ragflow"] = time.monotonic() - started
+    for line in applied.lines():
+        run.console.line(f"[ragflow] {line}")
+    return applied, None
 
 
 def _stage(run: UpRun, name: str, target, *args) -> threading.Thread:

@@ -86,7 +86,28 @@ def check(data: dict, lines: dict | None = None) -> list[Problem]:
                     hint=f"add or remove a model with role: {role}, or set roles.{role}: {have}")
     _check_server_access(data.get("server"), add)
     _check_cluster(data.get("server"), add)
+    _check_ragflow(data.get("ragflow"), add)
     return problems
+
+
+def _check_ragflow(ragflow: Any, add) -> None:
+    """One way to sign in to RAGFlow, and only with a RAGFlow to sign in to."""
+    if not isinstance(ragflow, dict):
+        return
+    if ragflow.get("url") is None:
+        for key in ("api_token_env", "email", "password_env", "instance"):
+            if ragflow.get(key) is not None:
+                add(("ragflow", "url"), f"ragflow.{key} needs ragflow.url: the RAGFlow to register the stack in",
+                    hint="add url: http://HOST:9380 (RAGFlow's API server), or remove the other ragflow keys")
+                return
+    if ragflow.get("email") is not None and ragflow.get("password_env") is None:
+        add(("ragflow", "password_env"), "ragflow.email needs password_env (the NAME of the variable holding the password)",
+            hint="e.g. password_env: RAGFLOW_PASSWORD, or sign in with api_token_env instead")
+    if ragflow.get("password_env") is not None and ragflow.get("email") is None:
+        add(("ragflow", "email"), "ragflow.password_env needs email (the RAGFlow user to sign in as)")
+    if ragflow.get("api_token_env") is not None and ragflow.get("email") is not None:
+        add(("ragflow", "api_token_env"), "give either api_token_env or email + password_env, not both",
+            hint="an API token (RAGFlow: user settings -> API) is the simpler one")
 
 
 def _check_server_access(server: Any, add) -> None:

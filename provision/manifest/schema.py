@@ -361,11 +361,46 @@ class RagflowSpec(_Strict):
     docker_host: str = Field(
         "host.docker.internal", description="Host name RAGFlow's container uses to reach this machine."
     )
+    url: str | None = Field(
+        None, description="RAGFlow's address (its API server, e.g. http://127.0.0.1:9380): `provision ragflow apply` "
+        "and `up` register the stack there.",
+    )
+    api_token_env: str | None = Field(
+        None, description="NAME of the environment variable holding a RAGFlow API token (default: RAGFLOW_API_TOKEN).",
+    )
+    email: str | None = Field(None, description="Sign in to RAGFlow as this user instead of with an API token.")
+    password_env: str | None = Field(None, description="With email: NAME of the environment variable holding its password.")
+    instance: str | None = Field(
+        None, description="The name of the stack's Xinference instance in RAGFlow; default the stack's name.",
+    )
+    apply: bool = Field(True, description="With url: `up` registers the stack in RAGFlow when it is done.")
 
     @field_validator("docker_host")
     @classmethod
     def _docker_host(cls, value: str) -> str:
         return _host(value, "ragflow.docker_host")
+
+    @field_validator("url")
+    @classmethod
+    def _url(cls, value: str | None) -> str | None:
+        if value is not None and not re.match(r"^https?://[^/\s]+", value):
+            raise ValueError("url must be an http:// or https:// URL such as http://127.0.0.1:9380 (RAGFlow's API server)")
+        return value.rstrip("/") if value else value
+
+    @field_validator("api_token_env", "password_env")
+    @classmethod
+    def _variable_name(cls, value: str | None) -> str | None:
+        if value is not None and not VARIABLE_RE.fullmatch(value):
+            raise ValueError("this is the NAME of an environment variable (such as RAGFLOW_API_TOKEN), not the secret")
+        return value
+
+    @field_validator("instance")
+    @classmethod
+    def _instance(cls, value: str | None) -> str | None:
+        if value is not None and (value == "default" or not NAME_RE.fullmatch(value)):
+            raise ValueError("instance must be a name of letters, digits, '.', '_', '-', and not `default` "
+                             "(RAGFlow keeps that one for itself)")
+        return value
 
 
 class Manifest(_Strict):
@@ -394,6 +429,11 @@ class Manifest(_Strict):
     _raw: dict = {}  # the YAML as written, before ${VAR} expansion (lint.py reads it for secrets)
     _lines: dict = {}  # field path -> line, for problems found after loading (the catalog checks)
     _catalog: Any = None  # the catalog checked against (apply_catalog); left-out sources come from it
+
+    @property
+    def ragflow_instance(self) -> str:
+        """The stack's Xinference instance in RAGFlow: ragflow.instance, else the stack's name."""
+        return self.ragflow.instance or self.name
 
     @property
     def file(self) -> str:

@@ -1,17 +1,19 @@
 """What RAGFlow needs to use the running models: provider.json, a service_conf block, a paste-able summary.
 
-RAGFlow calls Xinference with the Model UID verbatim as the model name, at a Base URL that must be
-`http://HOST:PORT/v1` with NO trailing slash: RAGFlow 0.19-0.26 normalise it with urljoin(base, "v1"),
-which turns `.../v1/` into `.../v1/v1`. Its rerank client posts to urljoin(base, "/v1/rerank"), so any
-path prefix is lost: the server must answer at the root.
+RAGFlow calls Xinference with the Model UID verbatim as the model name. The Base URL it gets is the server
+ROOT, `http://HOST:PORT`, with no /v1 and no trailing slash, the one form that works on every version
+(measured on v0.27.0, reference/ragflow.md): RAGFlow adds /v1 itself (urljoin(base, "v1") on 0.19-0.26,
+os.path.join on <= 0.18), its model discovery asks base + /v1/models (so `.../v1` lists nothing: the UI's
+model picker stays empty), and its rerank client posts to /v1/rerank at the root, dropping any path.
 
-How models get into RAGFlow, by version (applying to a running RAGFlow is a later feature, not here):
-  <= v0.25   UI "Model providers -> Xinference -> Add model", or POST /v1/llm/add_llm
-             {llm_factory, llm_name, model_type, api_base, api_key, max_tokens}; referenced as name@Xinference
-  v0.26      /api/v1/providers/Xinference/instances (+ .../models); the old llm_app routes still exist;
-             referenced as name@instance@Xinference
-  >= v0.27   /api/v1/providers/... only (llm_app removed)
-Adding a model makes RAGFlow call it under a 10 s timeout (v0.24+): verify first so models are warm.
+The key is never empty: RAGFlow 0.27's chat and embedding clients refuse an empty key ("Missing
+credentials", shown as "Internal server error"). For a server without authentication any key works;
+provision writes `x`, which RAGFlow's rerank client also treats as "no key".
+
+How models get into RAGFlow, by version (ragflow/apply.py does it through RAGFlow's API):
+  <= v0.25   POST /v1/llm/add_llm {llm_factory, llm_name, model_type, api_base, api_key, max_tokens};
+             referenced as name@Xinference
+  >= v0.26   /api/v1/providers/Xinference/instances (+ .../models); referenced as name@instance@Xinference
 service_conf.yaml's `user_default_llm` is NOT enough on its own for Xinference (see _SERVICE_CONF_LIMITS).
 """
 
@@ -38,9 +40,9 @@ HIDDEN_KEY = "(hidden; --show-key to print)"  # what is shown instead of a key: 
 
 
 def base_url(host: str, port: int, *, scheme: str = "http") -> str:
-    """The Base URL a client on this machine uses: http://HOST:PORT/v1, never with a trailing slash (a
+    """RAGFlow's Base URL for a RAGFlow on this machine: http://HOST:PORT, no /v1, no trailing slash (a
     wildcard listen address through loopback, netaddr.connect_host)."""
-    return netaddr.url_for(host, port, scheme, "/v1")
+    return netaddr.url_for(host, port, scheme)
 
 
 def docker_base_url(host: str, port: int, docker_host: str = DEFAULT_DOCKER_HOST, *, scheme: str = "http") -> str:
@@ -51,7 +53,7 @@ def docker_base_url(host: str, port: int, docker_host: str = DEFAULT_DOCKER_HOST
     """
     if netaddr.is_wildcard(host) or netaddr.is_loopback(host):
         host = docker_host
-    return netaddr.url_for(host, port, scheme, "/v1")
+    return netaddr.url_for(host, port, scheme)
 
 
 def base_url_of(state: State) -> str:
@@ -86,11 +88,14 @@ def build_provider(state: State, api_key: str | None = None) -> dict:
     missing = [role for role in RAGFLOW_MODEL_TYPE if not any(m.role == role for m in running)]
     if missing:
         warnings.append(f"no running {', '.join(missing)} model: RAGFlow will need one from elsewhere")
+    local = base_url(host, port, scheme=scheme)
     return {
         "provider": PROVIDER,
-        "base_url": base_url(host, port, scheme=scheme),
+        "base_url": local,  # what RAGFlow is given: the root (module docstring)
         "docker_base_url": docker_base_url(host, port, docker_host, scheme=scheme),
-        "api_key": api_key,
+        "openai_base_url": local + "/v1",  # what an OpenAI client is given
+        "api_key": api_key or NO_KEY,
+        "server_auth": bool(api_key),
         "ragflow_docker": state.ragflow_docker,
         "models": [_model_entry(m) for m in running],
         "warnings": warnings,
@@ -101,8 +106,8 @@ def build_provider(state: State, api_key: str | None = None) -> dict:
 
 
 def redacted(provider: dict) -> dict:
-    """The provider as it may be shown or printed as JSON: the API key replaced by HIDDEN_KEY."""
-    return {**provider, "api_key": HIDDEN_KEY} if provider.get("api_key") else dict(provider)
+    """The provider as it may be shown or printed as JSON: a real API key replaced by HIDDEN_KEY."""
+    return {**provider, "api_key": HIDDEN_KEY} if provider.get("server_auth") else dict(provider)
 
 
 def _model_entry(record: ModelRecord) -> dict:
@@ -146,7 +151,7 @@ _SERVICE_CONF_LIMITS = """\
 def service_conf_block(provider: dict, docker: bool) -> str:
     """The `user_default_llm:` YAML block, preceded by a comment stating its limits."""
     url = _url_for(provider, docker)
-    key = provider.get("api_key") or NO_KEY  # written to a 0600 file only; never printed
+    key = provider["api_key"]  # written to a 0600 file only; never printed
     defaults = {}
     for role in RAGFLOW_MODEL_TYPE:
         model = next((m for m in provider["models"] if m["role"] == role), None)
@@ -186,11 +191,16 @@ def paste_block(provider: dict, docker: bool) -> str:
     where = "RAGFlow runs in Docker" if docker else "RAGFlow runs on this machine"
     lines = [
         "RAGFlow: Model providers -> Xinference -> Add model, once per model:",
-        f"  Base URL:   {url}    ({where}; no trailing slash)",
+        f"  Base URL:   {url}    ({where}; no /v1 and no trailing slash: RAGFlow adds /v1, and with it "
+        "the model list stays empty)",
     ]
     if docker:
         lines.append(f"              (RAGFlow outside Docker on this machine: {provider['base_url']})")
-    lines.append(f"  API key:    {provider['api_key'] or '(leave empty)'}")
+    if provider.get("server_auth"):
+        lines.append(f"  API key:    {provider['api_key']}")
+    else:
+        lines.append(f"  API key:    {provider['api_key']}    (the server has no authentication: type any non-empty key; "
+                     "RAGFlow cannot add a chat or embedding model with an empty one)")
     width = max((len(m["uid"]) for m in provider["models"]), default=0)
     for model in provider["models"]:
         source = model.get("max_tokens_source") or "unknown"
