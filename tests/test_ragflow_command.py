@@ -135,3 +135,30 @@ def test_the_embedding_guard_holds_the_default_until_asked(invoke, tmp_path, xin
     result, doc = run(invoke, state_dir, "apply", "--switch-embedding", env=env)
     guard = doc["ragflow"]["embedding"]
     assert guard["switched"] is True and guard["datasets"][0]["check_code"] is not None
+    assert guard["datasets"][0]["dimensions"] == 1024  # bge-m3, from the catalog: not a model of the stack
+
+
+def test_plan_shows_the_embedding_guard_when_it_can_reach_ragflow(invoke, tmp_path, xinference, standin):
+    standin.add_dataset("manuals", "bge-m3@old@Xinference", chunk_count=40, dim=1024)
+    state_dir = stack(tmp_path, xinference, f"ragflow:\n  url: {standin.url}\n")
+    manifest = tmp_path / "stack.yml"
+    result = invoke(["--state-dir", state_dir.path, "plan", manifest, "--json"],
+                    env={"RAGFLOW_API_TOKEN": standin.api_token})
+    warnings = json.loads(result.stdout)["plan"]["warnings"]
+    guard = [w for w in warnings if "manuals" in w]
+    assert len(guard) == 1, warnings
+    assert "40 chunks by bge-m3@old@Xinference, 1024 -> 384 dimensions" in guard[0]
+    assert "--switch-embedding" in guard[0]
+    assert standin.writes() == []  # plan only reads
+
+
+def test_plan_says_when_ragflow_cannot_be_asked(invoke, tmp_path, xinference):
+    from support import free_port
+
+    url = f"http://127.0.0.1:{free_port()}"
+    state_dir = stack(tmp_path, xinference, f"ragflow:\n  url: {url}\n")
+    result = invoke(["--state-dir", state_dir.path, "plan", tmp_path / "stack.yml", "--json"],
+                    env={"RAGFLOW_API_TOKEN": "t"})
+    assert result.exit_code == 0, result.stdout
+    warnings = json.loads(result.stdout)["plan"]["warnings"]
+    assert any(w.startswith(f"RAGFlow at {url} was not asked about its datasets") for w in warnings), warnings

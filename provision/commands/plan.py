@@ -7,6 +7,7 @@ from ..manifest import load
 from ..manifest.catalog import apply_catalog
 from ..observe import catalog_for, observe
 from ..plan import Plan, make_plan
+from ..ragflow.register import plan_warnings
 from ..state import StateDir
 
 
@@ -17,5 +18,5 @@ def plan(manifest_path: str, state_dir: StateDir) -> Plan:
     notes = apply_catalog(manifest, catalog)
     result = make_plan(manifest, observe(manifest, previous, state_dir, hub_listing=True))
     result.catalog = catalog.source
-    result.warnings += notes + security_warnings(manifest, state_dir)
+    result.warnings += notes + security_warnings(manifest, state_dir) + plan_warnings(manifest)
     return result

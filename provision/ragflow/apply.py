@@ -63,6 +63,8 @@ class Desired:
     api_key: str
     models: list[StackModel]
     set_defaults: bool = True
+    # The dimensions of an embedding model RAGFlow names (`name@...`) that is not the stack's: from the catalog.
+    dimensions_of: Callable[[str], int | None] = field(default=lambda ref: None, compare=False, repr=False)
 
 
 def ragflow_base_url(url: str) -> str:
@@ -380,17 +382,25 @@ def _apply_defaults(run: _Run, seen: Observed, desired: Desired, switch_embeddin
             run.client.send(call)
 
 
-def _embedding_guard(run: _Run, seen: Observed, desired: Desired, model: StackModel, ref: str, current: str | None,
-                     switch: bool) -> EmbeddingGuard:
-    client, result = run.client, run.result
-    guard = EmbeddingGuard(current, ref, model.dimensions)
-    known = {model_ref(m.uid, desired.instance, seen.version.generation): m.dimensions for m in desired.models}
+def datasets_on_other_embedding(client: RagflowClient, desired: Desired, ref: str, generation: str) -> list[DatasetUse]:
+    """The tenant's datasets with chunks embedded by another model than `ref`, with that model's dimensions where
+    known (a model of the stack, else the catalog). `plan` shows them; apply holds the switch on them."""
+    known = {model_ref(m.uid, desired.instance, generation): m.dimensions for m in desired.models}
+    found = []
     for dataset in client.list_datasets():
         used = dataset.get("embedding_model") or ""
         if int(dataset.get("chunk_count") or 0) <= 0 or not used or used == ref:
             continue
-        guard.datasets.append(DatasetUse(str(dataset.get("id")), str(dataset.get("name")),
-                                         int(dataset.get("chunk_count") or 0), used, known.get(used)))
+        found.append(DatasetUse(str(dataset.get("id")), str(dataset.get("name")), int(dataset.get("chunk_count") or 0),
+                                used, known.get(used) or desired.dimensions_of(used)))
+    return found
+
+
+def _embedding_guard(run: _Run, seen: Observed, desired: Desired, model: StackModel, ref: str, current: str | None,
+                     switch: bool) -> EmbeddingGuard:
+    client, result = run.client, run.result
+    guard = EmbeddingGuard(current, ref, model.dimensions)
+    guard.datasets = datasets_on_other_embedding(client, desired, ref, seen.version.generation)
     if not guard.datasets:
         return guard
     if not switch:

@@ -81,7 +81,17 @@ def desired(state_dir: StateDir, state: State, target: Target, *, docker: bool |
         models.append(StackModel(entry["uid"], ROLE_TYPES.get(entry["role"], entry["role"]), int(entry["max_tokens"]),
                                  entry.get("dimensions")))
     url = provider["docker_base_url"] if use_docker else provider["base_url"]
-    return Desired(target.instance, url, provider["api_key"], models), warnings
+    return Desired(target.instance, url, provider["api_key"], models, dimensions_of=catalog_dimensions), warnings
+
+
+def catalog_dimensions(ref: str) -> int | None:
+    """The dimensions of an embedding model as RAGFlow names it (`BAAI/bge-m3@BAAI`, `bge-m3@inst@Xinference`),
+    from Xinference's catalog; None when it does not know the name."""
+    from ..catalog import sources
+
+    name = ref.split("@", 1)[0].rsplit("/", 1)[-1]
+    family = sources.local().family("embedding", name) if name else None
+    return family.dimensions if family is not None else None
 
 
 def warmer(state_dir: StateDir, state: State) -> Callable:
@@ -129,21 +139,28 @@ def plan_warnings(manifest, environ: Mapping[str, str] | None = None) -> list[st
     """What `plan` says about RAGFlow when the manifest names one: datasets whose chunks were embedded with
     another model (the embedding guard `up` will apply), or that RAGFlow could not be asked."""
     from .api import model_ref
+    from .apply import Desired, StackModel, datasets_on_other_embedding
+    from .result import EmbeddingGuard
 
     target = target_for(manifest.ragflow, manifest.name)
     embedding = next((m for m in manifest.models if m.role == "embedding"), None)
     if target is None or embedding is None or not manifest.ragflow.apply:
         return []
+    catalog = manifest._catalog
+    family = catalog.family("embedding", embedding.name) if catalog is not None and embedding.name else None
+    ours = family.dimensions if family is not None else None
+    wanted = Desired(target.instance, "", "", [StackModel(embedding.uid, "embedding", 0, ours)],
+                     dimensions_of=catalog_dimensions)
     try:
         client = connect(target, environ)
         ref = model_ref(embedding.uid, target.instance, client.version().generation)
-        used = [d for d in client.list_datasets() if int(d.get("chunk_count") or 0) > 0
-                and d.get("embedding_model") and d.get("embedding_model") != ref]
+        used = datasets_on_other_embedding(client, wanted, ref, client.version().generation)
     except ProvisionError as exc:
         return [f"RAGFlow at {target.url} was not asked about its datasets: {exc.message}"]
-    catalog = manifest._catalog
-    family = catalog.family("embedding", embedding.name) if catalog is not None and embedding.name else None
-    ours = f"{family.dimensions} dimensions" if family is not None and family.dimensions else "dimensions unknown"
-    return [f"RAGFlow dataset {d.get('name')!r} ({d.get('chunk_count')} chunks) was embedded with "
-            f"{d.get('embedding_model')}; the stack's {ref} ({ours}) will not become the default embedding model "
-            "(`provision ragflow apply --switch-embedding` switches it after RAGFlow's own check)" for d in used]
+    if not used:
+        return []
+    guard = EmbeddingGuard(None, ref, ours, used, held=True)
+    lines = guard.lines()[:-1]  # apply's own "was NOT switched": plan says what up will do instead
+    lines.append("  `up` will not make it the default embedding model; `provision ragflow apply --switch-embedding` "
+                 "switches it after RAGFlow's own check of each dataset")
+    return ["\n".join(lines)]
