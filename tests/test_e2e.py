@@ -1,5 +1,7 @@
 """End to end: `provision up` against the REAL xinference-local (CPU), downloading through the REAL
-`modelscope` client from `provision mirror serve` on loopback, then verify / status / ragflow / down.
+`modelscope` client from `provision mirror serve` on loopback, then verify / status / ragflow / down, with
+`up` registering the stack in the RAGFlow stand-in (tests/ragflow_standin.py), whose checks call the real
+models the way RAGFlow 0.27 does.
 
 One stack is brought up per module (a real server and three real model processes take a minute or
 two on a small machine); the tests below run in order against it. The finaliser stops everything
@@ -10,11 +12,14 @@ from __future__ import annotations
 
 import json
 import os
+import re
 from pathlib import Path
+from urllib.parse import urlsplit
 
 import pytest
 import requests
 from e2e_support import E2EStack, e2e_stack
+from ragflow_standin import RagflowStandin
 from support import group_members, pid_alive, port_free
 
 pytestmark = pytest.mark.e2e
@@ -50,13 +55,20 @@ MODELS = """\
 
 
 @pytest.fixture(scope="module")
-def stack(tmp_path_factory):
+def ragflow():
+    with RagflowStandin() as server:
+        yield server
+
+
+@pytest.fixture(scope="module")
+def stack(tmp_path_factory, ragflow):
     with e2e_stack(tmp_path_factory, "e2e") as stack:
-        stack.manifest = stack.write_manifest(stack.manifest_text("e2e", MODELS, tail="ragflow:\n  docker: true\n"))
+        stack.env["RAGFLOW_API_TOKEN"] = ragflow.api_token  # the token from the environment, never the manifest
+        stack.manifest = stack.write_manifest(stack.manifest_text("e2e", MODELS, tail=f"ragflow:\n  url: {ragflow.url}\n"))
         yield stack
 
 
-def test_up_brings_the_stack_up_through_fallbacks(stack: E2EStack):
+def test_up_brings_the_stack_up_through_fallbacks(stack: E2EStack, ragflow: RagflowStandin):
     code, doc, stderr = stack.run("up", str(stack.manifest), "--json")
     assert code == 0, f"up failed ({code}):\n{stderr}\n{json.dumps(doc, indent=2)[:4000]}"
     models = {m["uid"]: m for m in doc["models"]}
@@ -89,11 +101,32 @@ def test_up_brings_the_stack_up_through_fallbacks(stack: E2EStack):
     assert (stack.root / "models" / "tiny" / "qwen2-chat" / "config.json").exists()
     assert (stack.root / "models" / "Xorbits" / "bge-small-en-v1.5" / "config.json").exists()
 
+    # up ended by registering the stack in RAGFlow, each model checked by RAGFlow itself, then the defaults.
+    applied = doc["ragflow_apply"]
+    assert applied["ok"] and applied["instance"] == "e2e" and applied["base_url"] == stack.base  # no /v1
+    assert [(c["uid"], c["ok"]) for c in applied["checks"]] == [("e2e-embed", True), ("e2e-rerank", True), ("e2e-chat", True)]
+    writes = [(c["method"], c["path"]) for c in ragflow.writes()]
+    P = "/api/v1/providers/Xinference"
+    assert writes[:3] == [("PUT", "/api/v1/providers"), ("POST", f"{P}/instances"), ("PUT", f"{P}/instances/e2e")]
+    assert writes[3:] == [("PATCH", "/api/v1/models/default")] * 3
+    assert ragflow.defaults.keys() == {"chat", "embedding", "rerank"}
+    stored = ragflow.instance("e2e")
+    assert stored["api_key"] == stack.credentials()["api_key"]
+    assert {n: (m["model_type"], m["verify"]) for n, m in stored["models"].items()} == {
+        "e2e-embed": (["embedding"], "success"), "e2e-rerank": (["rerank"], "success"), "e2e-chat": (["chat"], "success")}
+    # RAGFlow's checks reached the real models: embedding in base64, chat streamed, rerank with string booleans.
+    sent = {urlsplit(r["url"]).path: r for r in ragflow.upstream}
+    assert sent.keys() >= {"/v1/embeddings", "/v1/chat/completions", "/v1/rerank"}
+    assert sent["/v1/embeddings"]["body"]["encoding_format"] == "base64"
+    assert sent["/v1/rerank"]["body"]["return_documents"] == "true"
+
 
 def test_ragflow_config_is_written(stack: E2EStack):
     provider = json.loads((stack.state / "ragflow" / "provider.json").read_text())
-    assert provider["base_url"] == f"http://127.0.0.1:{stack.port}/v1"
-    assert provider["docker_base_url"] == f"http://host.docker.internal:{stack.port}/v1"
+    # RAGFlow adds /v1 itself (discovery of a Base URL ending in /v1 asks /v1/v1/models and finds nothing).
+    assert provider["base_url"] == f"http://127.0.0.1:{stack.port}"
+    assert provider["docker_base_url"] == f"http://host.docker.internal:{stack.port}"
+    assert provider["openai_base_url"] == f"http://127.0.0.1:{stack.port}/v1"
     assert provider["api_key"] == stack.credentials()["api_key"] and provider["api_key"].startswith("xf-")
     by_role = {m["role"]: m for m in provider["models"]}
     assert {r: m["uid"] for r, m in by_role.items()} == {"embedding": "e2e-embed", "rerank": "e2e-rerank", "chat": "e2e-chat"}
@@ -112,7 +145,7 @@ def test_openai_client_works_against_base_url(stack: E2EStack):
     from openai import OpenAI
 
     provider = json.loads((stack.state / "ragflow" / "provider.json").read_text())
-    client = OpenAI(base_url=provider["base_url"], api_key=provider["api_key"])
+    client = OpenAI(base_url=provider["openai_base_url"], api_key=provider["api_key"])
     assert {"e2e-embed", "e2e-rerank", "e2e-chat"} <= {m.id for m in client.models.list()}
     vectors = client.embeddings.create(model="e2e-embed", input=["a panda eats bamboo", "stock markets fell"]).data
     assert len(vectors) == 2 and len(vectors[0].embedding) == 384 and vectors[0].embedding != vectors[1].embedding
@@ -120,7 +153,7 @@ def test_openai_client_works_against_base_url(stack: E2EStack):
     assert reply.choices[0].message.role == "assistant" and reply.choices[0].message.content
     # Rerank the way RAGFlow does it: requests, string booleans, the /v1/rerank path.
     body = requests.post(
-        provider["base_url"].rsplit("/v1", 1)[0] + "/v1/rerank",
+        provider["base_url"] + "/v1/rerank",
         json={"model": "e2e-rerank", "query": "panda", "return_documents": "true", "return_len": "true",
               "documents": ["pandas eat bamboo", "the stock market", "a bear in china"]},
         headers={"Authorization": f"Bearer {provider['api_key']}"},  # as RAGFlow sends a non-empty key
@@ -154,8 +187,9 @@ def test_validate_asks_the_running_server_for_its_catalog(stack: E2EStack):
     assert "`bge-reranker-base`" in problem["hint"]
 
 
-def test_second_up_is_a_no_op(stack: E2EStack):
+def test_second_up_is_a_no_op(stack: E2EStack, ragflow: RagflowStandin):
     pid_before = stack.state_json()["server"]["pid"]
+    writes_before = len(ragflow.writes())
     code, doc, stderr = stack.run("up", str(stack.manifest), "--json")
     assert code == 0, stderr
     assert {s["uid"]: s["action"] for s in doc["plan"]["steps"]} == {
@@ -163,6 +197,39 @@ def test_second_up_is_a_no_op(stack: E2EStack):
     assert doc["plan"]["server"] == "reuse" and doc["server"]["pid"] == pid_before
     assert "download" not in doc["timings"] and "launch" not in doc["timings"]
     assert all(c["ok"] for c in doc["checks"])
+    assert doc["ragflow_apply"]["changed"] is False and doc["ragflow_apply"]["ok"]
+    assert len(ragflow.writes()) == writes_before  # RAGFlow already had the stack: nothing written
+
+
+def test_ragflow_apply_updates_a_changed_instance_in_place(stack: E2EStack, ragflow: RagflowStandin):
+    stored = ragflow.instance("e2e")
+    instance_id = stored["id"]
+    stored["base_url"] = "http://127.0.0.1:9/v1"  # someone edited it in RAGFlow's UI
+    code, doc, output = stack.run("ragflow", "apply", "--json")
+    assert code == 0, output
+    [step] = doc["ragflow"]["steps"]
+    assert (step["action"], step["target"]) == ("update", "instance e2e") and "Base URL" in step["reason"]
+    assert ragflow.instance("e2e")["id"] == instance_id and ragflow.instance("e2e")["base_url"] == stack.base
+    code, doc, _ = stack.run("ragflow", "status", "--json")
+    assert code == 0 and doc["ragflow"]["in_sync"] is True
+
+
+def test_the_embedding_guard_keeps_datasets_of_another_model(stack: E2EStack, ragflow: RagflowStandin):
+    ragflow.defaults.pop("embedding")  # the tenant's default is another model, used by a dataset with chunks
+    ragflow.add_dataset("manuals", "bge-m3@old@Xinference", chunk_count=40, dim=1024)
+    code, _, output = stack.run("plan", str(stack.manifest))
+    assert code == 0 and "manuals" in output and "1024 -> 384 dimensions" in output
+    code, doc, output = stack.run("ragflow", "apply")
+    assert code == 3, output
+    assert "manuals" in output and "40 chunks by bge-m3@old@Xinference, 1024 -> 384 dimensions" in output
+    assert "embedding" not in ragflow.defaults
+    code, doc, output = stack.run("ragflow", "apply", "--switch-embedding", "--json")
+    guard = doc["ragflow"]["embedding"]
+    assert guard["switched"] is True
+    [checked] = guard["datasets"]
+    assert checked["name"] == "manuals" and checked["check_code"] not in (None, 0)  # RAGFlow: the dimensions differ
+    assert ragflow.defaults["embedding"][1] == "e2e-embed"
+    ragflow.datasets.clear()
 
 
 def test_a_manifest_edit_relaunches_exactly_that_model(stack: E2EStack):
@@ -193,6 +260,10 @@ def test_verify_catches_a_model_terminated_behind_our_back(stack: E2EStack):
     assert "not running" in failed["e2e-rerank"]
     code, doc, _ = stack.run("status", "--json")
     assert code == 1 and {m["uid"]: m["live"] for m in doc["models"]}["e2e-rerank"] == "not running"
+    # RAGFlow's own check of it fails too: apply says so, with what to do, and exits 3.
+    code, _, output = stack.run("ragflow", "apply")
+    assert code == 3, output
+    assert re.search(r"FAIL +rerank +e2e-rerank", output) and "fix:" in output, output
 
 
 def test_down_leaves_nothing_running(stack: E2EStack):

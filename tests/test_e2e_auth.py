@@ -66,7 +66,7 @@ def test_the_key_is_required_and_works(stack: E2EStack):
     from openai import AuthenticationError, OpenAI
 
     key = stack.credentials()["api_key"]
-    base_url = json.loads((stack.state / "ragflow" / "provider.json").read_text())["base_url"]
+    base_url = json.loads((stack.state / "ragflow" / "provider.json").read_text())["openai_base_url"]
     client = OpenAI(base_url=base_url, api_key=key, max_retries=0)
     assert "auth-embed" in {m.id for m in client.models.list()}
     vectors = client.embeddings.create(model="auth-embed", input=["a panda eats bamboo", "stock markets fell"]).data

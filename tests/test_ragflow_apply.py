@@ -281,6 +281,10 @@ def test_an_impossible_stack_is_refused_before_any_call(standin, client, desired
     ("Error code: 503 - {'detail': 'loading'}", "http://h:1", "still loading"),
     ("Fail to access model(Xinference/c).No valid response received", "http://127.0.0.1:1", "is the UID running"),
     ("No models found for provider 'Xinference'", "http://h:1", "ending in /v1"),
+    ("HTTPConnectionPool(host='10.1.2.3', port=9997): Max retries exceeded with url: /v1/rerank (Caused by "
+     "ProxyError('Unable to connect to proxy', RemoteDisconnected('Remote end closed connection'))",
+     "http://10.1.2.3:9997", "NO_PROXY"),
+    ("Error code: 502 - <html><title>502 Bad Gateway</title></html>", "http://10.1.2.3:9997", "NO_PROXY"),
     ("something else entirely", "http://h:1", None),
 ])
 def test_remedy(message, base, fragment):

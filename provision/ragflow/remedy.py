@@ -21,6 +21,9 @@ _AUTH = re.compile(r"(?i)error code: 40[13]\b|\b40[13] client error|could not va
 _TIMEOUT = re.compile(r"(?i)timeout accessing|timed out|verification aborted")
 _NOT_FOUND = re.compile(r"(?i)model not found|error code: 404\b|\b404 client error|not found for url")
 _SERVER = re.compile(r"(?i)error code: 5\d\d\b|\b5\d\d server error")
+# A proxy between RAGFlow and Xinference: requests names it, or the answer is a gateway's.
+_PROXY = re.compile(r"(?i)proxyerror|unable to connect to proxy|tunnel connection failed|error code: 50[24]\b"
+                    r"|\b50[24] server error|bad gateway|gateway time-?out")
 
 
 def root_url(base_url: str) -> str:
@@ -46,6 +49,10 @@ def remedy(message: str, base_url: str) -> str | None:
         return ("RAGFlow raised an error while building the model client; most often the API key is empty, which "
                 "RAGFlow's chat and embedding clients refuse: give it any non-empty key (`x` when Xinference has "
                 "no authentication). Otherwise RAGFlow's server log has the traceback")
+    if _PROXY.search(text):
+        return (f"an HTTP proxy stands between RAGFlow and {host or 'Xinference'} (RAGFlow's HTTP(S)_PROXY): add "
+                f"{host or 'the Xinference host'} to NO_PROXY in RAGFlow's environment (its docker/.env or the "
+                "container's environment) and restart RAGFlow")
     if _AUTH.search(text):
         return ("Xinference refused the API key RAGFlow sent: give RAGFlow the stack's key (the manifest's "
                 "auth key; `provision ragflow --show-key`), not a placeholder")
