@@ -10,17 +10,8 @@ from ragflow_standin import RagflowStandin, TinyXinference
 from support import free_port, port_free
 
 from provision.ragflow import api
-from provision.ragflow.api import (
-    LLM_APP,
-    PROVIDERS,
-    RagflowAuthError,
-    RagflowClient,
-    RagflowError,
-    calls,
-    encrypt_password,
-    model_ref,
-    parse_version,
-)
+from provision.ragflow.api import RagflowAuthError, RagflowClient, RagflowError, encrypt_password
+from provision.ragflow.calls import LLM_APP, PROVIDERS, calls, model_ref, parse_version
 
 P = "/api/v1/providers/Xinference"
 

@@ -22,13 +22,15 @@ embedding model is not switched while datasets with chunks use another (the embe
 from __future__ import annotations
 
 import re
-from dataclasses import dataclass, field
 from typing import Callable
 from urllib.parse import urlsplit
 
-from .api import LLM_APP, PROVIDER, PROVIDERS, Call, RagflowClient, RagflowError, Version, calls, model_ref
-from .config import NO_KEY
-from .remedy import remedy, root_url
+from .api import RagflowClient, RagflowError
+from .calls import LLM_APP, PROVIDER, PROVIDERS, Call, calls, model_ref
+from .diff import instance_differences, model_differences, removed_models
+from .model import MODEL_TYPES, Desired, StackModel, check_desired, model_info, ragflow_base_url, ragflow_key, wanted_defaults
+from .observed import LEGACY_DEFAULT_KEYS, Observed, observe
+from .remedy import remedy
 from .result import (
     VERIFIED,
     ApplyResult,
@@ -43,162 +45,9 @@ from .result import (
 
 __all__ = ["StackModel", "Desired", "apply", "status", "remedy", "ragflow_base_url", "ApplyResult", "StatusResult"]
 
-MODEL_TYPES = ("chat", "embedding", "rerank")
-LEGACY_DEFAULT_KEYS = {"chat": "llm_id", "embedding": "embd_id", "rerank": "rerank_id"}
 LEGACY_REQUIRED = ("tenant_id", "llm_id", "embd_id", "asr_id", "img2txt_id")  # set_tenant_info wants all
 
 
-@dataclass
-class StackModel:
-    uid: str
-    model_type: str  # "chat" | "embedding" | "rerank"
-    max_tokens: int
-    dimensions: int | None = None
-
-
-@dataclass
-class Desired:
-    instance: str
-    base_url: str
-    api_key: str
-    models: list[StackModel]
-    set_defaults: bool = True
-    # The dimensions of an embedding model RAGFlow names (`name@...`) that is not the stack's: from the catalog.
-    dimensions_of: Callable[[str], int | None] = field(default=lambda ref: None, compare=False, repr=False)
-
-
-def ragflow_base_url(url: str) -> str:
-    """The Base URL RAGFlow gets: the server root, no /v1, no trailing slash."""
-    return root_url(url)
-
-
-def ragflow_key(api_key: str | None) -> str:
-    return api_key or NO_KEY
-
-
-# -- what RAGFlow has ---------------------------------------------------------------------------------
-
-
-@dataclass
-class Observed:
-    version: Version
-    has_provider: bool = False
-    instance: dict | None = None  # with base_url and api_key (providers API)
-    models: list[dict] = field(default_factory=list)  # {name, model_type: [..], max_tokens, status, verify}
-    defaults: dict[str, str] = field(default_factory=dict)  # model_type -> model reference
-    leftovers: list[str] = field(default_factory=list)  # instances `name(N)` left by duplicate creates
-    tenant: dict = field(default_factory=dict)  # <= v0.25: tenant_info
-
-
-def observe(client: RagflowClient, desired: Desired) -> Observed:
-    version = client.version()
-    seen = Observed(version)
-    if version.legacy:
-        seen.models = [_legacy_model(m) for m in client.my_llms()]
-        seen.tenant = client.tenant_info()
-        seen.defaults = {t: seen.tenant.get(k) for t, k in LEGACY_DEFAULT_KEYS.items() if seen.tenant.get(k)}
-        return seen
-    seen.has_provider = any(p.get("name") == PROVIDER for p in client.list_providers())
-    if not seen.has_provider:
-        return seen
-    seen.instance = client.get_instance(desired.instance)
-    if seen.instance is not None:
-        seen.models = client.list_models(seen.instance.get("id") or desired.instance)
-    pattern = re.compile(re.escape(desired.instance) + r"\(\d+\)$")
-    seen.leftovers = [i["instance_name"] for i in client.list_instances() if pattern.match(i.get("instance_name", ""))]
-    for entry in client.get_defaults():
-        ref = "@".join(str(x) for x in (entry.get("model_name"), entry.get("model_instance"),
-                                        entry.get("model_provider")) if x)
-        seen.defaults[entry.get("model_type")] = ref
-    return seen
-
-
-def _legacy_model(entry: dict) -> dict:
-    """my_llms' {name, type, api_base, max_tokens, status} in the providers API's shape."""
-    status = entry.get("status")
-    return {"name": entry.get("name"), "model_type": [entry.get("type")] if entry.get("type") else [],
-            "max_tokens": entry.get("max_tokens"), "api_base": entry.get("api_base") or "",
-            "status": "active" if str(status) in ("1", "active", "None") else "inactive", "verify": None}
-
-
-# -- the difference (pure) ----------------------------------------------------------------------------
-
-
-def check_desired(desired: Desired) -> None:
-    problems = []
-    if not desired.instance or desired.instance == "default":
-        problems.append("the instance name must not be empty or `default` (RAGFlow refuses it)")
-    seen: set[str] = set()
-    for model in desired.models:
-        if model.model_type not in MODEL_TYPES:
-            problems.append(f"model {model.uid}: type {model.model_type!r} is none of {', '.join(MODEL_TYPES)}")
-        if model.uid in seen:
-            problems.append(f"model {model.uid} is listed twice")
-        seen.add(model.uid)
-    if not urlsplit(desired.base_url or "").hostname:
-        problems.append(f"the Base URL {desired.base_url!r} has no host")
-    if problems:
-        raise RagflowError("cannot register this stack in RAGFlow: " + "; ".join(problems))
-
-
-def model_differences(stored: list[dict], desired: Desired, *, legacy_base: str | None = None) -> dict[str, list[str]]:
-    """uid -> what differs for each stack model (empty list: the same); "" -> models to remove."""
-    by_name = {m.get("name"): m for m in stored}
-    out: dict[str, list[str]] = {}
-    for model in desired.models:
-        have = by_name.get(model.uid)
-        if have is None:
-            out[model.uid] = ["not in RAGFlow"]
-            continue
-        reasons = []
-        if list(have.get("model_type") or []) != [model.model_type]:
-            reasons.append(f"type {'/'.join(have.get('model_type') or []) or '(none)'} -> {model.model_type}")
-        if have.get("max_tokens") != model.max_tokens:
-            reasons.append(f"max tokens {have.get('max_tokens')} -> {model.max_tokens}")
-        if legacy_base is not None and root_url(have.get("api_base") or "") != legacy_base:
-            reasons.append(f"Base URL {have.get('api_base') or '(none)'} -> {legacy_base}")
-        out[model.uid] = reasons
-    return out
-
-
-def removed_models(stored: list[dict], desired: Desired, *, legacy_base: str | None = None) -> list[str]:
-    """Stored models the stack no longer has (<= v0.25: only those at our Base URL are ours)."""
-    wanted = {m.uid for m in desired.models}
-    out = []
-    for have in stored:
-        if have.get("name") in wanted:
-            continue
-        if legacy_base is not None and root_url(have.get("api_base") or "") != legacy_base:
-            continue
-        out.append(have.get("name"))
-    return out
-
-
-def instance_differences(seen: Observed, desired: Desired) -> list[str]:
-    """Why the instance needs a PUT (empty: it is as the stack says)."""
-    base, key = ragflow_base_url(desired.base_url), ragflow_key(desired.api_key)
-    inst = seen.instance or {}
-    out = []
-    if (inst.get("base_url") or "") != base:
-        out.append(f"Base URL {inst.get('base_url') or '(none)'} -> {base}")
-    if (inst.get("api_key") or "") != key:
-        out.append("API key differs" if inst.get("api_key") else "no API key")
-    for uid, reasons in model_differences(seen.models, desired).items():
-        out.extend(f"model {uid}: {r}" for r in reasons)
-    out.extend(f"model {name}: not in the stack" for name in removed_models(seen.models, desired))
-    return out
-
-
-def model_info(desired: Desired) -> list[dict]:
-    return [{"model_name": m.uid, "model_type": [m.model_type], "max_tokens": m.max_tokens} for m in desired.models]
-
-
-def wanted_defaults(desired: Desired) -> dict[str, StackModel]:
-    """model_type -> the stack's first model of that type."""
-    out: dict[str, StackModel] = {}
-    for model in desired.models:
-        out.setdefault(model.model_type, model)
-    return out
 
 
 # -- apply --------------------------------------------------------------------------------------------

@@ -66,7 +66,7 @@ def connect(target: Target, environ: Mapping[str, str] | None = None):
 
 def desired(state_dir: StateDir, state: State, target: Target, *, docker: bool | None = None):
     """(Desired, warnings): the stack's running models with RAGFlow's numbers, at the Base URL RAGFlow uses."""
-    from .apply import Desired, StackModel
+    from .model import Desired, StackModel
 
     use_docker = state.ragflow_docker if docker is None else docker
     key = auth.api_key_for(state_dir, state.server) if state.server is not None else None
@@ -138,8 +138,9 @@ def inspect(state_dir: StateDir, state: State, target: Target, *, docker: bool |
 def plan_warnings(manifest, environ: Mapping[str, str] | None = None) -> list[str]:
     """What `plan` says about RAGFlow when the manifest names one: datasets whose chunks were embedded with
     another model (the embedding guard `up` will apply), or that RAGFlow could not be asked."""
-    from .api import model_ref
-    from .apply import Desired, StackModel, datasets_on_other_embedding
+    from .apply import datasets_on_other_embedding
+    from .calls import model_ref
+    from .model import Desired, StackModel
     from .result import EmbeddingGuard
 
     target = target_for(manifest.ragflow, manifest.name)
