@@ -162,3 +162,23 @@ def test_plan_says_when_ragflow_cannot_be_asked(invoke, tmp_path, xinference):
     assert result.exit_code == 0, result.stdout
     warnings = json.loads(result.stdout)["plan"]["warnings"]
     assert any(w.startswith(f"RAGFlow at {url} was not asked about its datasets") for w in warnings), warnings
+
+
+@pytest.mark.parametrize("apply_key, registered", [("", True), ("  apply: false\n", False)])
+def test_up_registers_only_when_ragflow_apply_is_not_off(tmp_path, monkeypatch, xinference, standin, apply_key,
+                                                         registered):
+    from types import SimpleNamespace
+
+    from provision.apply.sequence import _register_in_ragflow
+    from provision.manifest import load
+
+    state_dir = stack(tmp_path, xinference, f"ragflow:\n  url: {standin.url}\n{apply_key}")
+    lines = []
+    console = SimpleNamespace(line=lines.append, warn=lines.append)
+    run = SimpleNamespace(manifest=load(str(tmp_path / "stack.yml")), state_dir=state_dir, state=state_dir.read(),
+                          console=console, stage_seconds={})
+    monkeypatch.setenv("RAGFLOW_API_TOKEN", standin.api_token)
+    applied, error = _register_in_ragflow(run)
+    assert error is None
+    assert (applied is not None) is registered
+    assert bool(standin.writes()) is registered
