@@ -250,3 +250,33 @@ def init(result) -> Rendered:
     lines = [f"Wrote {result.written} for {result.gpu}:"] + [f"  {c}" for c in result.choices]
     lines += ["", f"Next: provision validate {result.written} && provision plan {result.written}"]
     return "\n".join(lines), data
+
+
+DOCTOR_LABELS = {"blocker": "BLOCKER", "warning": "warning", "ok": "ok"}
+
+
+def doctor_lines(result) -> list[str]:
+    """Blockers first, then warnings, then what is fine; each with its why and fix."""
+    blockers, warnings = len(result.blockers), len(result.warnings)
+    lines = [f"provision doctor: {blockers} blocker{'s' if blockers != 1 else ''}, {warnings} "
+             f"warning{'s' if warnings != 1 else ''} (manifest: {result.manifest or '-'}, state: {result.state_dir})"]
+    for severity in DOCTOR_LABELS:
+        for finding in (f for f in result.findings if f.severity == severity):
+            lines.append(f"  [{DOCTOR_LABELS[severity]}] {finding.check}: {finding.what}")
+            lines += [f"      why: {finding.why}"] if finding.why else []
+            lines += [f"      fix: {finding.fix}"] if finding.fix else []
+    lines.append("Fix the blockers above before `provision up`." if blockers
+                 else "Nothing here blocks `provision up`.")
+    return lines
+
+
+def doctor_json(result) -> dict:
+    return {"manifest": result.manifest, "state_dir": result.state_dir, "blockers": len(result.blockers),
+            "warnings": len(result.warnings), "findings": [f.to_json() for f in result.findings]}
+
+
+def doctor(result) -> Rendered:
+    data = doctor_json(result)
+    data["_errors"] = [{"type": "Blocker", "message": f"{f.check}: {f.what}", "hint": f.fix or None}
+                       for f in result.blockers]
+    return "\n".join(doctor_lines(result)), data
