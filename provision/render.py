@@ -280,3 +280,15 @@ def doctor(result) -> Rendered:
     data["_errors"] = [{"type": "Blocker", "message": f"{f.check}: {f.what}", "hint": f.fix or None}
                        for f in result.blockers]
     return "\n".join(doctor_lines(result)), data
+
+
+def bench(result) -> Rendered:
+    data = result.to_json()
+    data["_errors"] = [{"type": "BenchError", "message": f"{e.name}: {e.error}", "hint": None}
+                       for e in result.report.endpoints if e.error]
+    data["_errors"] += [{"type": "BenchError", "message": f"{e.name} at concurrency {lv.concurrency}: {lv.errors} of "
+                         f"{lv.requests} requests failed ({'; '.join(lv.error_samples)})", "hint": None}
+                        for e in result.report.endpoints for lv in e.levels if lv.errors]
+    if result.comparison is not None:
+        data["_errors"] += [{"type": "Regression", "message": c.line(), "hint": None} for c in result.comparison.slower]
+    return "\n".join(result.text_lines()), data
