@@ -327,3 +327,23 @@ def test_gpu_memory_held_by_another_process_and_a_cpu_torch(tmp_path: Path, monk
     assert "gpu_memory_utilization" in gpu.fix
     (torch,) = by_check(result, "torch")
     assert torch.severity == "warning" and "CPU build" in torch.what and "1 NVIDIA GPU" in torch.what
+
+
+def test_the_recorded_log_is_scanned_once(tmp_path: Path, monkeypatch):
+    monkeypatch.chdir(tmp_path)
+    state = StateDir(".provision")  # relative, as by default; the record holds the absolute path
+    state.ensure()
+    log = state.logs / "server.log"
+    log.write_text("CUDA out of memory\n")
+    state.write(State(manifest="m.yml", name="doc", server=ServerRecord(url="http://127.0.0.1:9", managed=True,
+                                                                       log=str(log.resolve()))))
+    assert [f.facts["signature"] for f in by_check(doctor(None, state), "log")] == ["CUDA out of memory"]
+
+
+def test_a_long_log_keeps_its_line_numbers(tmp_path: Path):
+    from provision.diagnose.history import read_log
+
+    path = tmp_path / "big.log"
+    path.write_text("".join(f"line {i}\n" for i in range(1, 2001)))
+    text, first = read_log(path, limit=100)
+    assert text.splitlines()[0] == f"line {first}" and text.splitlines()[-1] == "line 2000"

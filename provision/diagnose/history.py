@@ -40,15 +40,17 @@ def read_log(path: Path, limit: int = SCAN_BYTES) -> tuple[str, int]:
 
 
 def log_files(state_dir: StateDir, state: State | None) -> list[Path]:
-    """The server log (the recorded one, else the last one in logs/) and each cluster worker's."""
+    """The server log (the recorded one, else the last one in logs/) and each cluster worker's, once each."""
     found: list[Path] = []
     if state is not None and state.server is not None and state.server.log:
         found.append(Path(state.server.log))
         found += [Path(w.log) for w in state.server.workers if w.log]
-    for path in [state_dir.logs / "server.log", *sorted(state_dir.logs.glob("worker-*.log"))]:
-        if path not in found:
-            found.append(path)
-    return [p for p in found if p.is_file()]
+    found += [state_dir.logs / "server.log", *sorted(state_dir.logs.glob("worker-*.log"))]
+    unique: dict[Path, Path] = {}
+    for path in found:
+        if path.is_file():
+            unique.setdefault(path.resolve(), path)
+    return list(unique.values())
 
 
 def log_findings(state_dir: StateDir, state: State | None, *, virtual_env: bool | None = None) -> list[Finding]:
