@@ -46,7 +46,9 @@ def stack(tmp_path_factory):
 
 
 def test_bench_measures_every_endpoint_of_the_real_stack(stack: E2EStack, tmp_path):
-    report = bench.run(StateDir(stack.state), duration=1, concurrency=[1, 2])
+    # A shorter chat than the default (2 chunks, 32 tokens): a CPU answers a 6-chunk prompt in seconds, not ms.
+    workload = bench.Workload(chat_chunks=2, chat_max_tokens=32)
+    report = bench.run(StateDir(stack.state), duration=1, concurrency=[1, 2], workload=workload)
     assert [(e.name, e.uid) for e in report.endpoints] == [
         ("embedding", "bench-embed"), ("rerank", "bench-rerank"), ("chat", "bench-chat")]
     for endpoint in report.endpoints:
@@ -71,6 +73,7 @@ def test_bench_measures_every_endpoint_of_the_real_stack(stack: E2EStack, tmp_pa
     assert files[0].name == "bench.json" and (notes == [] or "matplotlib" in notes[0])
     text = bench.text_lines(report)
     assert text[-3:] == [e.sentence for e in report.endpoints]
+    print("\n".join(text))  # shown with -s: the figures of this machine
     stack.timings["bench"] = report.seconds
 
 

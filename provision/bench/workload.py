@@ -43,7 +43,9 @@ class Workload:
         data = asdict(self)
         keep = {"embedding": ("embed_batch", "chunk_words"), "rerank": ("rerank_top_k", "chunk_words"),
                 "chat": ("chat_chunks", "chat_max_tokens", "chunk_words")}[role]
-        return {k: data[k] for k in keep} | ({"stream": True} if role == "chat" else {})
+        found = {k: data[k] for k in keep}
+        found["chunk_words"] = "-".join(map(str, self.chunk_words))
+        return found | ({"stream": True} if role == "chat" else {})
 
 
 def make_chunks(count: int = POOL, words: tuple[int, int] = CHUNK_WORDS, seed: int = 20250101) -> list[str]:
