@@ -292,3 +292,40 @@ def bench(result) -> Rendered:
     if result.comparison is not None:
         data["_errors"] += [{"type": "Regression", "message": c.line(), "hint": None} for c in result.comparison.slower]
     return "\n".join(result.text_lines()), data
+
+
+def bench_level(name: str, stats) -> str:
+    """One progress line after each level of `provision bench` (stderr)."""
+    p99 = f"p99 {stats.latency.p99 * 1000:.0f} ms" if stats.latency else "no answer"
+    errors = f", {stats.errors} errors" if stats.errors else ""
+    return f"bench {name} at concurrency {stats.concurrency}: {stats.requests} requests, {stats.rps:.2f}/s, {p99}{errors}"
+
+
+def _service_data(result) -> dict:
+    data = {"unit": result.unit, "path": str(result.path), "action": result.action, "commands": result.commands,
+            "ran": result.ran, "outputs": result.outputs, "notes": result.notes, "text": result.text}
+    data["_errors"] = [{"type": "SystemctlFailed", "message": n, "hint": None} for n in result.notes
+                       if n.startswith("`systemctl")] if result.exit_code else []
+    return data
+
+
+def _service_commands(result) -> list[str]:
+    if result.ran:
+        return [f"ran: {c}" + (f"\n  {o}" if o else "") for c, o in zip(result.commands, result.outputs)]
+    return [f"run: {c}" for c in result.commands]
+
+
+def service_install(result) -> Rendered:
+    if result.action == "printed":  # the unit alone on stdout: `--print > provision-STACK.service`
+        return result.text, _service_data(result)
+    head = {"written": f"Wrote {result.path}", "unchanged": f"{result.path} is already this unit: unchanged"}
+    lines = [f"{head[result.action]} ({result.unit})"] + _service_commands(result) + [f"note: {n}" for n in result.notes]
+    return "\n".join(lines), _service_data(result)
+
+
+def service_uninstall(result) -> Rendered:
+    if result.action == "not installed":
+        lines = [f"{result.unit} is not installed (no {result.path}): nothing to do"]
+    else:
+        lines = [f"Removed {result.path} ({result.unit})"] + _service_commands(result)
+    return "\n".join(lines + [f"note: {n}" for n in result.notes]), _service_data(result)

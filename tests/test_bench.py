@@ -241,3 +241,39 @@ def test_one_png_per_endpoint_where_matplotlib_is(tmp_path: Path):
     files, notes = bench.write_outputs(report, tmp_path / "out")
     assert notes == [] and [p.name for p in files] == ["bench.json", "bench-rerank.png", "bench-chat.png"]
     assert all(p.read_bytes().startswith(b"\x89PNG") for p in files[1:])
+
+
+# -- the command line -----------------------------------------------------------------------------------
+
+
+def test_the_command_line(invoke, stand_in, tmp_path: Path, monkeypatch):
+    monkeypatch.setattr(bench.plot, "available", lambda: False)
+    state = stack_state(tmp_path, stand_in)
+    out = tmp_path / "out"
+    args = ["--state-dir", state.path, "bench", "--duration", "0.2", "--concurrency", "2,1", "--endpoint", "embedding",
+            "--endpoint", "c", "--out", out]
+    first = invoke(args + ["--json"])
+    assert first.exit_code == 0, first.output
+    doc = json.loads(first.stdout)
+    assert doc["command"] == "bench" and doc["status"] == "success" and doc["errors"] == []
+    assert [e["name"] for e in doc["report"]["endpoints"]] == ["embedding", "chat"]  # rerank was not asked for
+    assert doc["report"]["concurrency"] == [1, 2] and doc["files"] == [str(out / "bench.json")]
+    assert "pip install 'provision[plot]'" in doc["notes"][0]
+    assert first.stderr == ""  # --json: no progress lines
+
+    again = invoke(args + ["--compare", out / "bench.json"])
+    slower = "nothing is worse by more than 10%" not in again.stdout  # timing on a shared machine: either may happen
+    assert again.exit_code == (1 if slower else 0), again.output
+    assert "Against the earlier run:" in again.stdout and again.stdout.rstrip().splitlines()[-1].startswith("chat ")
+    progress = again.stderr.splitlines()
+    assert [line.split(":")[0] for line in progress] == [
+        "bench embedding at concurrency 1", "bench embedding at concurrency 2", "bench chat at concurrency 1",
+        "bench chat at concurrency 2"]
+
+    (tmp_path / "other.json").write_text('{"version": 1}')
+    wrong = invoke(args + ["--compare", tmp_path / "other.json"])
+    assert wrong.exit_code == 2 and "not a report of `provision bench`" in wrong.stderr
+    assert invoke(args + ["--compare", tmp_path / "none.json"]).exit_code == 2
+    assert invoke(args[:-2] + ["--endpoint", "nope"]).exit_code == 2
+    assert invoke(["--state-dir", state.path, "bench", "--duration", "0"]).exit_code == 2
+    assert invoke(["--state-dir", state.path, "bench", "--concurrency", "1,,x"]).exit_code == 2

@@ -4,6 +4,7 @@ loopback mirror, and recorded attempts."""
 
 from __future__ import annotations
 
+import json
 import os
 import socket
 import sys
@@ -347,3 +348,34 @@ def test_a_long_log_keeps_its_line_numbers(tmp_path: Path):
     path.write_text("".join(f"line {i}\n" for i in range(1, 2001)))
     text, first = read_log(path, limit=100)
     assert text.splitlines()[0] == f"line {first}" and text.splitlines()[-1] == "line 2000"
+
+
+# -- the command line ---------------------------------------------------------------------------------
+
+
+def test_the_command_exits_1_on_a_blocker_and_0_otherwise(invoke, tmp_path: Path):
+    with socket.socket() as holder:
+        holder.bind(("127.0.0.1", 0))
+        holder.listen()
+        busy = invoke(["--state-dir", tmp_path / "state", "doctor", write_manifest(tmp_path, port=holder.getsockname()[1]),
+                       "--json"])
+    assert busy.exit_code == 1, busy.output
+    doc = json.loads(busy.stdout)
+    assert doc["command"] == "doctor" and doc["status"] == "error" and doc["blockers"] >= 1
+    assert any(e["type"] == "Blocker" and e["message"].startswith("port:") for e in doc["errors"])
+    assert {f["severity"] for f in doc["findings"]} <= {"ok", "warning", "blocker"}
+
+    fine = invoke(["--state-dir", tmp_path / "state", "doctor", write_manifest(tmp_path)])
+    assert fine.exit_code == 0, fine.output
+    lines = fine.stdout.splitlines()
+    assert lines[0].startswith("provision doctor: 0 blockers") and lines[-1] == "Nothing here blocks `provision up`."
+    assert any(line.startswith("  [ok] port:") for line in lines)
+
+
+def test_the_command_without_a_manifest_checks_the_machine(invoke, tmp_path: Path):
+    result = invoke(["--state-dir", tmp_path / "state", "doctor", "--json"])
+    doc = json.loads(result.stdout)
+    assert result.exit_code == (1 if doc["blockers"] else 0) and doc["manifest"] is None
+    assert {"manifest", "python", "gpu"} <= {f["check"] for f in doc["findings"]}
+    missing = invoke(["--state-dir", tmp_path / "state", "doctor", tmp_path / "nope.yml"])
+    assert missing.exit_code == 1 and "[BLOCKER] manifest:" in missing.stdout

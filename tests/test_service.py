@@ -6,6 +6,7 @@ tool is missing (no `systemd` package: `apt-get install systemd` on Debian) thos
 
 from __future__ import annotations
 
+import json
 import shutil
 import subprocess
 import sys
@@ -99,6 +100,20 @@ def test_refuses_what_cannot_go_into_a_unit(tmp_path: Path, manifest: Path):
     assert settings(text)["User"] == ["rag"]
 
 
+def analyze(unit: Path, user: bool) -> tuple[int, str]:
+    """`systemd-analyze verify` on one unit file: (its exit code, what it said about that unit).
+
+    verify loads the unit into a test manager (no running systemd needed). It exits 0 on parse warnings
+    (an unknown key, a bad value: "ignoring"), so a unit is clean only when nothing is said about it."""
+    runtime = unit.parent / "run"
+    runtime.mkdir(mode=0o700, exist_ok=True)
+    env = {"PATH": "/usr/bin:/bin", "XDG_RUNTIME_DIR": str(runtime), "SYSTEMD_LOG_LEVEL": "notice"}
+    done = subprocess.run([ANALYZE, "verify", "--man=no", *(["--user"] if user else []), str(unit)],
+                          capture_output=True, text=True, env=env, timeout=60)
+    said = "\n".join(line for line in (done.stdout + done.stderr).splitlines() if unit.name in line)
+    return done.returncode, said
+
+
 @needs_analyze
 @pytest.mark.parametrize("user", [False, True], ids=["system", "user"])
 def test_systemd_analyze_verify_accepts_the_unit(manifest: Path, tmp_path: Path, user: bool):
@@ -107,19 +122,91 @@ def test_systemd_analyze_verify_accepts_the_unit(manifest: Path, tmp_path: Path,
     unit = unit_dir / "provision-rag-stack.service"  # a temp copy: verify loads it by path
     unit.write_text(service.unit_text(manifest, tmp_path / "state", python=sys.executable,
                                       env_file=tmp_path / "secrets.env", user=user))
-    runtime = tmp_path / "run"
-    runtime.mkdir(mode=0o700)
-    env = {"PATH": "/usr/bin:/bin", "XDG_RUNTIME_DIR": str(runtime), "SYSTEMD_LOG_LEVEL": "notice"}
-    done = subprocess.run([ANALYZE, "verify", "--man=no", *(["--user"] if user else []), str(unit)],
-                          capture_output=True, text=True, env=env, timeout=60)
-    # verify prints a line for each setting it cannot parse or each command it cannot find, and exits 0 on
-    # parse warnings: the unit is clean only when nothing is said about it.
-    assert done.returncode == 0 and unit.name not in done.stdout + done.stderr, done.stdout + done.stderr
+    assert analyze(unit, user) == (0, "")
     broken = unit_dir / "provision-broken.service"
     broken.write_text(unit.read_text().replace("KillMode=mixed", "KillMode=sometimes"))
-    done = subprocess.run([ANALYZE, "verify", "--man=no", *(["--user"] if user else []), str(broken)],
-                          capture_output=True, text=True, env=env, timeout=60)
-    assert "kill mode" in done.stderr.lower()  # the check above would see a mistake
+    assert "kill mode" in analyze(broken, user)[1].lower()  # the check above would see a mistake
+
+
+@pytest.fixture()
+def unit_home(tmp_path: Path, monkeypatch) -> Path:
+    """--user units go under tmp ($XDG_CONFIG_HOME), and systemctl is never run, whatever this machine runs."""
+    monkeypatch.setenv("XDG_CONFIG_HOME", str(tmp_path / "config"))
+    monkeypatch.setattr(service, "systemd_running", lambda user, environ=None: False)
+    return tmp_path / "config" / "systemd" / "user"
+
+
+def printed_unit(invoke, manifest: Path, tmp_path: Path, *args: str) -> Path:
+    """`provision service install MANIFEST --print ...`, saved as systemd would find it."""
+    result = invoke(["--state-dir", tmp_path / "state", "service", "install", manifest, "--print", *args])
+    assert result.exit_code == 0, result.output
+    folder = tmp_path / "printed"
+    folder.mkdir(exist_ok=True)
+    unit = folder / "provision-rag-stack.service"
+    unit.write_text(result.stdout)
+    return unit
+
+
+@needs_analyze
+@pytest.mark.parametrize("user", [False, True], ids=["system", "user"])
+def test_the_printed_unit_passes_systemd_analyze_verify(invoke, manifest: Path, tmp_path: Path, unit_home: Path,
+                                                         user: bool):
+    unit = printed_unit(invoke, manifest, tmp_path, "--user" if user else "--system", "--env-file",
+                        str(tmp_path / "secrets.env"))
+    text = unit.read_text()
+    assert text.startswith(service.MARKER) and f"ExecStart={sys.executable} -m provision" in text
+    assert f"--state-dir {tmp_path / 'state'} watch" in text
+    assert analyze(unit, user) == (0, "")
+    assert not unit_home.exists()  # --print wrote nothing
+
+
+@needs_analyze
+def test_verify_catches_a_broken_printed_unit(invoke, manifest: Path, tmp_path: Path, unit_home: Path):
+    """The check above can fail: the printed unit with a misspelled key and a missing interpreter."""
+    unit = printed_unit(invoke, manifest, tmp_path, "--system")
+    text = unit.read_text()
+    unit.write_text(text.replace("Restart=on-failure", "Restar=on-failure")
+                    .replace(f"ExecStart={sys.executable}", f"ExecStart={tmp_path}/no-such-python"))
+    code, said = analyze(unit, False)
+    assert "Unknown key 'Restar'" in said and "no-such-python is not executable" in said, said
+    assert code != 0
+
+
+def test_print_names_the_secrets_that_have_no_file(invoke, manifest: Path, tmp_path: Path, unit_home: Path):
+    result = invoke(["service", "install", manifest, "--print", "--user", "--json"])
+    assert result.exit_code == 0, result.output
+    doc = json.loads(result.stdout)
+    assert doc["status"] == "success" and doc["action"] == "printed" and doc["unit"] == "provision-rag-stack.service"
+    assert doc["path"] == str(unit_home / "provision-rag-stack.service") and not unit_home.exists()
+    assert "# No EnvironmentFile: MODELS_DIR, XINF_KEY must reach the service" in doc["text"]
+    assert any("--env-file" in n and "MODELS_DIR, XINF_KEY" in n for n in doc["notes"])
+
+
+def test_install_and_uninstall_on_the_command_line(invoke, manifest: Path, tmp_path: Path, unit_home: Path):
+    args = ["--state-dir", tmp_path / "state", "service", "install", manifest, "--user", "--env-file",
+            tmp_path / "secrets.env"]
+    first = invoke(args)
+    unit = unit_home / "provision-rag-stack.service"
+    assert first.exit_code == 0, first.output
+    assert first.stdout.splitlines()[:3] == [
+        f"Wrote {unit} (provision-rag-stack.service)",
+        "run: systemctl --user daemon-reload",
+        "run: systemctl --user enable --now provision-rag-stack.service"]
+    assert "note: systemd is not running here" in first.stdout and unit.read_text().startswith(service.MARKER)
+    again = invoke(args + ["--no-start"])  # the same unit: the file is left alone, the commands follow --no-start
+    assert again.exit_code == 0 and "unchanged" in again.stdout.splitlines()[0]
+    assert "run: systemctl --user enable provision-rag-stack.service" in again.stdout
+    assert invoke(args[:-2] + ["--run-as", "rag"]).exit_code == 2  # --run-as is for system units
+
+    removed = invoke(["service", "uninstall", manifest, "--user", "--json"])
+    doc = json.loads(removed.stdout)
+    assert removed.exit_code == 0 and doc["action"] == "removed" and not unit.exists()
+    assert doc["commands"][-1] == "systemctl --user daemon-reload"
+    gone = invoke(["service", "uninstall", "rag-stack", "--user"])
+    assert gone.exit_code == 0 and "is not installed" in gone.stdout
+    missing = invoke(["service", "uninstall", tmp_path / "nope.yml", "--user"])
+    assert missing.exit_code == 2 and "no such manifest" in missing.stderr
+    assert invoke(["service", "install", tmp_path / "nope.yml"]).exit_code == 2
 
 
 def test_install_and_uninstall_into_a_temp_root(manifest: Path, tmp_path: Path, monkeypatch):

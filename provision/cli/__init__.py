@@ -7,6 +7,7 @@ main() (the console script); the commands live beside it, one module per area:
     catalog.py  models, init
     ragflow.py  ragflow, ragflow apply, ragflow status
     mirror.py   mirror serve
+    operate.py  doctor, bench, service install / uninstall (and watch)
 
 Only click is imported at start-up; every command imports what it needs when it runs, so
 `provision --help` stays fast.
@@ -138,7 +139,7 @@ def cli(ctx: click.Context, debug: bool, state_dir: str | None) -> None:
 
 
 # The commands register themselves on `cli` when their module is imported (they need the helpers above).
-from . import catalog, mirror, ragflow, stack  # noqa: E402,F401
+from . import catalog, mirror, operate, ragflow, stack  # noqa: E402,F401
 
 
 def main() -> None:

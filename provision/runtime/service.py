@@ -57,12 +57,13 @@ class Secrets:
 class ServiceResult:
     unit: str  # provision-<stack>.service
     path: Path
-    action: str  # written | unchanged | removed | not installed
+    action: str  # written | unchanged | printed | removed | not installed
     commands: list[str] = field(default_factory=list)  # the systemctl commands, run or to run
     ran: bool = False  # True: systemd runs here and the commands were run
     outputs: list[str] = field(default_factory=list)  # what each command that was run said
     notes: list[str] = field(default_factory=list)
     exit_code: int = 0
+    text: str | None = None  # the unit's text (printed: what would be written)
 
 
 # -- the unit's text --------------------------------------------------------------------------------
@@ -152,6 +153,9 @@ def unit_text(manifest: Path, state_dir: Path, *, python: str, env_file: Path | 
         "Type=simple",
         f"WorkingDirectory={_path_value(manifest.parent)}",
     ]
+    if env_file is None and secrets.required:
+        lines.append(f"# No EnvironmentFile: {', '.join(secrets.required)} must reach the service some other way "
+                     "(`provision service install --env-file FILE`).")
     if env_file is not None:
         required = bool(secrets.required) if env_required is None else env_required
         env_path = Path(os.path.abspath(os.path.expanduser(env_file)))
@@ -161,7 +165,9 @@ def unit_text(manifest: Path, state_dir: Path, *, python: str, env_file: Path | 
         f"ExecStart={_command(command + ['watch', str(manifest)])}",
         "# watch leaves the stack running on SIGTERM: stop it alone, then bring the stack down, then kill the rest.",
         "KillMode=mixed",
-        "SuccessExitStatus=130",  # provision's exit code when a signal interrupted it: a stop, not a failure
+        # watch exits 0 on SIGTERM (the stop systemd sends) and 130 on SIGINT, the exit systemd counts clean when a
+        # process dies of SIGINT itself: `systemctl kill -s INT` is a stop too, not a failure to restart after.
+        "SuccessExitStatus=130",
         f"ExecStopPost={_command(command + ['down'])}",
         f"TimeoutStopSec={stop_timeout}",
         "Restart=on-failure",
