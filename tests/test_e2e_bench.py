@@ -77,6 +77,26 @@ def test_bench_measures_every_endpoint_of_the_real_stack(stack: E2EStack, tmp_pa
     stack.timings["bench"] = report.seconds
 
 
+def test_bench_and_doctor_on_the_command_line(stack: E2EStack, tmp_path):
+    out = tmp_path / "out"
+    code, doc, output = stack.run("bench", "--duration", "1", "--concurrency", "1,2", "--endpoint", "embedding",
+                                  "--endpoint", "bench-rerank", "--out", str(out), "--json")
+    assert code == 0, output
+    endpoints = doc["report"]["endpoints"]
+    assert [(e["name"], e["uid"]) for e in endpoints] == [("embedding", "bench-embed"), ("rerank", "bench-rerank")]
+    for endpoint in endpoints:
+        assert [lv["concurrency"] for lv in endpoint["levels"]] == [1, 2]
+        for lv in endpoint["levels"]:
+            assert lv["errors"] == 0 and lv["rps"] > 0
+            assert 0 < lv["latency"]["p50"] <= lv["latency"]["p90"] <= lv["latency"]["p99"]
+        assert endpoint["sentence"].startswith(endpoint["name"] + " ")
+    assert doc["files"][0] == str(out / "bench.json") and json.loads((out / "bench.json").read_text())["endpoints"]
+    assert all(p.endswith(".png") for p in doc["files"][1:]) and (len(doc["files"]) == 3 or "provision[plot]" in doc["notes"][0])
+
+    code, doc, output = stack.run("doctor", str(stack.manifest), "--json")
+    assert code == 0 and doc["status"] == "success" and doc["blockers"] == 0, output
+
+
 def test_doctor_finds_nothing_that_blocks_the_running_stack(stack: E2EStack):
     result = doctor(str(stack.manifest), StateDir(stack.state))
     text, data = render.doctor(result)
