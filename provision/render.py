@@ -298,7 +298,8 @@ def bench_level(name: str, stats) -> str:
     """One progress line after each level of `provision bench` (stderr)."""
     p99 = f"p99 {stats.latency.p99 * 1000:.0f} ms" if stats.latency else "no answer"
     errors = f", {stats.errors} errors" if stats.errors else ""
-    return f"bench {name} at concurrency {stats.concurrency}: {stats.requests} requests, {stats.rps:.2f}/s, {p99}{errors}"
+    requests = f"{stats.requests} request{'s' * (stats.requests != 1)}"
+    return f"bench {name} at concurrency {stats.concurrency}: {requests}, {stats.rps:.2f}/s, {p99}{errors}"
 
 
 def _service_data(result) -> dict:

@@ -58,6 +58,7 @@ def write_plots(report: BenchReport, folder: Path) -> list[Path]:
                 tokens.plot(x, [lv.tokens_per_s or 0 for lv in levels], marker="s", color="tab:purple",
                             label="output tokens/s")
                 tokens.set_ylabel("output tokens/s")
+                tokens.set_ylim(bottom=0)  # from 0 like the other axes: a drop is not drawn larger than it is
                 tokens.legend(loc="lower right")
             bottom.legend(loc="upper left")
             if len(x) > 1:
