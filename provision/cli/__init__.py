@@ -127,10 +127,12 @@ def cli(ctx: click.Context, debug: bool, state_dir: str | None) -> None:
     Example (a typical session):
       provision init -o stack.yml                  # or write one for this machine
       provision validate manifests/cpu-small.yml   # check the manifest (names against the catalog)
+      provision doctor manifests/cpu-small.yml     # what on this machine would make `up` fail
       provision up manifests/cpu-small.yml         # download, serve, launch, verify, RAGFlow config
       provision status                             # what runs, which candidate won
       provision verify                             # re-check the three endpoints
       provision ragflow                            # Base URL and model UIDs to paste into RAGFlow
+      provision bench --duration 10 --out bench/   # how much load it takes before RAGFlow users feel it
       provision down                               # stop what `up` started, nothing else
 
     Exit codes: 0 ok, 1 failed, 2 usage or manifest error, 3 partial (some models failed).
