@@ -274,6 +274,10 @@ def test_the_command_line(invoke, stand_in, tmp_path: Path, monkeypatch):
     wrong = invoke(args + ["--compare", tmp_path / "other.json"])
     assert wrong.exit_code == 2 and "not a report of `provision bench`" in wrong.stderr
     assert invoke(args + ["--compare", tmp_path / "none.json"]).exit_code == 2
+    (tmp_path / "a-file").write_text("")
+    StandIn.seen = []
+    blocked = invoke(args[:-1] + [tmp_path / "a-file" / "out"])  # --out under a file: refused before any load
+    assert blocked.exit_code == 2 and "cannot make" in blocked.stderr and StandIn.seen == []
     assert invoke(args[:-2] + ["--endpoint", "nope"]).exit_code == 2
     assert invoke(["--state-dir", state.path, "bench", "--duration", "0"]).exit_code == 2
     assert invoke(["--state-dir", state.path, "bench", "--concurrency", "1,,x"]).exit_code == 2

@@ -94,7 +94,7 @@ def test_refuses_what_cannot_go_into_a_unit(tmp_path: Path, manifest: Path):
         service.unit_text(manifest, tmp_path / "a\nb", python=sys.executable, env_file=None, user=True)
     with pytest.raises(UsageError, match="not an executable"):
         service.unit_text(manifest, tmp_path, python=str(tmp_path / "nope"), env_file=None, user=True)
-    with pytest.raises(UsageError, match="run_as"):
+    with pytest.raises(UsageError, match="--run-as is for --system units"):
         service.unit_text(manifest, tmp_path, python=sys.executable, env_file=None, user=True, run_as="rag")
     text = service.unit_text(manifest, tmp_path, python=sys.executable, env_file=None, user=False, run_as="rag")
     assert settings(text)["User"] == ["rag"]

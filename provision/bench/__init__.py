@@ -28,7 +28,7 @@ from .stats import holds_sentence
 from .workload import Requests, Workload
 
 __all__ = ["BenchReport", "Comparison", "EndpointReport", "Workload", "compare", "holds_sentence", "load_report",
-           "run", "text_lines", "write_outputs"]
+           "prepare_outputs", "run", "text_lines", "write_outputs"]
 
 ROLES_ORDER = ("embedding", "rerank", "chat")
 MAX_REQUESTS = 1000  # per level
@@ -114,6 +114,18 @@ def _targets(models, endpoints: Iterable[str] | None) -> list:
     if not chosen:
         raise StateError("no model is running: nothing to bench", hint="run `provision up MANIFEST` first")
     return chosen
+
+
+def prepare_outputs(out_dir: str | os.PathLike) -> Path:
+    """The --out folder, made now and checked writable, so a bad folder fails before the load, not after it."""
+    folder = Path(out_dir)
+    try:
+        folder.mkdir(parents=True, exist_ok=True)
+    except OSError as exc:
+        raise UsageError(f"cannot make {folder}: {exc.strerror or exc}", hint="give --out a folder you may write") from exc
+    if not os.access(folder, os.W_OK | os.X_OK):
+        raise UsageError(f"cannot write into {folder}: permission denied", hint="give --out a folder you may write")
+    return folder
 
 
 def write_outputs(report: BenchReport, out_dir: str | os.PathLike) -> tuple[list[Path], list[str]]:

@@ -40,9 +40,11 @@ def bench(state_dir: StateDir | str | os.PathLike | None, *, duration: float, co
           endpoints: list[str] | None = None, out: str | os.PathLike | None = None,
           compare_with: str | os.PathLike | None = None, max_requests: int = load.MAX_REQUESTS,
           on_level=None) -> BenchResult:
-    """Load the stack's endpoints; with `out`, write bench.json and the PNGs there; with `compare_with` (an
-    earlier bench.json, read before anything is loaded), say what got slower."""
+    """Load the stack's endpoints; with `out` (made before anything is loaded), write bench.json and the PNGs
+    there; with `compare_with` (an earlier bench.json, read before anything is loaded), say what got slower."""
     earlier = load.load_report(compare_with) if compare_with is not None else None
+    if out is not None:
+        load.prepare_outputs(out)
     report = load.run(state_dir, duration=duration, concurrency=concurrency, endpoints=endpoints,
                       max_requests=max_requests, on_level=on_level)
     result = BenchResult(report)

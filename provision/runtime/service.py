@@ -130,7 +130,7 @@ def unit_text(manifest: Path, state_dir: Path, *, python: str, env_file: Path | 
     stack, secrets = read_manifest(manifest)
     name = unit_name(stack)
     if run_as is not None and user:
-        raise UsageError("a --user unit runs as the user whose manager runs it: run_as is for system units")
+        raise UsageError("a --user unit runs as the user whose manager runs it: --run-as is for --system units")
     command = [interpreter, "-m", "provision", "--state-dir", str(state_dir)]
     lines = [
         f"{MARKER} {name}",
