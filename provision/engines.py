@@ -27,6 +27,17 @@ ENGINE_ALIASES = {
 }
 DEFAULT_ENGINE = {"embedding": "sentence_transformers", "rerank": "sentence_transformers"}  # LLMs need one
 GPU_ONLY_ENGINES = {"vllm", "sglang", "lmdeploy"}
+# The Python distributions (as pip names them) an engine needs in the server's Python; lower-case keys.
+ENGINE_PACKAGES = {
+    "sentence_transformers": ("torch", "sentence-transformers"),
+    "transformers": ("torch", "transformers"),
+    "vllm": ("vllm",),
+    "sglang": ("sglang",),
+    "lmdeploy": ("lmdeploy",),
+    "llama.cpp": ("xllamacpp",),
+    "flag": ("torch", "FlagEmbedding"),
+    "mlx": ("mlx-lm",),
+}
 
 # vLLM reserves this share of the card's TOTAL memory and refuses to start when less is free; its own
 # default (0.9) fails as soon as anything else holds memory on the card. These defaults let chat +

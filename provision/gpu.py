@@ -1,6 +1,7 @@
 """GPU facts behind one small interface: each GPU's total and free memory, from wherever they can be had.
 
     NvmlSource()              the GPUs of this machine, through NVML (nvidia-ml-py); none found -> []
+                              (.processes(): who holds memory on each, for `provision doctor`)
     ClusterInfoSource(client) a remote server's GPUs, from GET /v1/cluster/info?detailed=true
     StaticSource([...])       numbers given by hand (tests)
 
@@ -29,6 +30,14 @@ class Gpu:
     @property
     def label(self) -> str:
         return f"GPU {self.index}" + (f" of {self.worker}" if self.worker else "")
+
+
+@dataclass(frozen=True)
+class GpuProcess:
+    """A process that holds memory on a GPU, as NVML reports it (used_bytes None: NVML cannot tell)."""
+
+    pid: int
+    used_bytes: int | None
 
 
 class GpuSource(Protocol):
@@ -71,6 +80,43 @@ class NvmlSource:
                 pynvml.nvmlShutdown()
             except Exception:
                 pass
+
+    def processes(self) -> dict[int, list[GpuProcess]]:
+        """The processes holding memory on each GPU (keyed by Gpu.index), compute and graphics alike;
+        {} where NVML cannot be used (never raises)."""
+        try:
+            import pynvml
+        except ImportError:
+            return {}
+        try:
+            pynvml.nvmlInit()
+        except Exception:
+            return {}
+        try:
+            return {index: self._holders(pynvml, handle) for index, handle in enumerate(self._handles(pynvml))}
+        except Exception:
+            return {}
+        finally:
+            try:
+                pynvml.nvmlShutdown()
+            except Exception:
+                pass
+
+    @staticmethod
+    def _holders(pynvml, handle) -> list[GpuProcess]:
+        found: dict[int, GpuProcess] = {}
+        for getter in ("nvmlDeviceGetComputeRunningProcesses", "nvmlDeviceGetGraphicsRunningProcesses"):
+            try:
+                listed = getattr(pynvml, getter)(handle)
+            except Exception:  # not supported on this card or driver, or absent from this nvidia-ml-py
+                continue
+            for info in listed or []:
+                used = getattr(info, "usedGpuMemory", None)
+                used = int(used) if isinstance(used, int) and used >= 0 else None  # NVML_VALUE_NOT_AVAILABLE
+                pid = int(info.pid)
+                if pid not in found or (found[pid].used_bytes or 0) < (used or 0):
+                    found[pid] = GpuProcess(pid, used)
+        return sorted(found.values(), key=lambda p: -(p.used_bytes or 0))
 
     def _handles(self, pynvml) -> list:
         count = pynvml.nvmlDeviceGetCount()

@@ -250,3 +250,83 @@ def init(result) -> Rendered:
     lines = [f"Wrote {result.written} for {result.gpu}:"] + [f"  {c}" for c in result.choices]
     lines += ["", f"Next: provision validate {result.written} && provision plan {result.written}"]
     return "\n".join(lines), data
+
+
+DOCTOR_LABELS = {"blocker": "BLOCKER", "warning": "warning", "ok": "ok"}
+
+
+def doctor_lines(result) -> list[str]:
+    """Blockers first, then warnings, then what is fine; each with its why and fix."""
+    blockers, warnings = len(result.blockers), len(result.warnings)
+    lines = [f"provision doctor: {blockers} blocker{'s' if blockers != 1 else ''}, {warnings} "
+             f"warning{'s' if warnings != 1 else ''} (manifest: {result.manifest or '-'}, state: {result.state_dir})"]
+    for severity in DOCTOR_LABELS:
+        for finding in (f for f in result.findings if f.severity == severity):
+            lines.append(f"  [{DOCTOR_LABELS[severity]}] {finding.check}: {finding.what}")
+            lines += [f"      why: {finding.why}"] if finding.why else []
+            lines += [f"      fix: {finding.fix}"] if finding.fix else []
+    lines.append("Fix the blockers above before `provision up`." if blockers
+                 else "Nothing here blocks `provision up`.")
+    return lines
+
+
+def doctor_json(result) -> dict:
+    return {"manifest": result.manifest, "state_dir": result.state_dir, "blockers": len(result.blockers),
+            "warnings": len(result.warnings), "findings": [f.to_json() for f in result.findings]}
+
+
+def doctor(result) -> Rendered:
+    data = doctor_json(result)
+    data["_errors"] = [{"type": "Blocker", "message": f"{f.check}: {f.what}", "hint": f.fix or None}
+                       for f in result.blockers]
+    return "\n".join(doctor_lines(result)), data
+
+
+def bench(result) -> Rendered:
+    data = result.to_json()
+    data["_errors"] = [{"type": "BenchError", "message": f"{e.name}: {e.error}", "hint": None}
+                       for e in result.report.endpoints if e.error]
+    data["_errors"] += [{"type": "BenchError", "message": f"{e.name} at concurrency {lv.concurrency}: {lv.errors} of "
+                         f"{lv.requests} requests failed ({'; '.join(lv.error_samples)})", "hint": None}
+                        for e in result.report.endpoints for lv in e.levels if lv.errors]
+    if result.comparison is not None:
+        data["_errors"] += [{"type": "Regression", "message": c.line(), "hint": None} for c in result.comparison.slower]
+    return "\n".join(result.text_lines()), data
+
+
+def bench_level(name: str, stats) -> str:
+    """One progress line after each level of `provision bench` (stderr)."""
+    p99 = f"p99 {stats.latency.p99 * 1000:.0f} ms" if stats.latency else "no answer"
+    errors = f", {stats.errors} errors" if stats.errors else ""
+    requests = f"{stats.requests} request{'s' * (stats.requests != 1)}"
+    return f"bench {name} at concurrency {stats.concurrency}: {requests}, {stats.rps:.2f}/s, {p99}{errors}"
+
+
+def _service_data(result) -> dict:
+    data = {"unit": result.unit, "path": str(result.path), "action": result.action, "commands": result.commands,
+            "ran": result.ran, "outputs": result.outputs, "notes": result.notes, "text": result.text}
+    data["_errors"] = [{"type": "SystemctlFailed", "message": n, "hint": None} for n in result.notes
+                       if n.startswith("`systemctl")] if result.exit_code else []
+    return data
+
+
+def _service_commands(result) -> list[str]:
+    if result.ran:
+        return [f"ran: {c}" + (f"\n  {o}" if o else "") for c, o in zip(result.commands, result.outputs)]
+    return [f"run: {c}" for c in result.commands]
+
+
+def service_install(result) -> Rendered:
+    if result.action == "printed":  # the unit alone on stdout: `--print > provision-STACK.service`
+        return result.text, _service_data(result)
+    head = {"written": f"Wrote {result.path}", "unchanged": f"{result.path} is already this unit: unchanged"}
+    lines = [f"{head[result.action]} ({result.unit})"] + _service_commands(result) + [f"note: {n}" for n in result.notes]
+    return "\n".join(lines), _service_data(result)
+
+
+def service_uninstall(result) -> Rendered:
+    if result.action == "not installed":
+        lines = [f"{result.unit} is not installed (no {result.path}): nothing to do"]
+    else:
+        lines = [f"Removed {result.path} ({result.unit})"] + _service_commands(result)
+    return "\n".join(lines + [f"note: {n}" for n in result.notes]), _service_data(result)

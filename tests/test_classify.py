@@ -143,3 +143,56 @@ def test_long_reason_is_cut():
     failure = classify(500, PREFIX + "Failed to import module 'vllm' " + "x" * 1000)
     assert failure.kind is K.ENGINE_MISSING
     assert len(failure.reason) <= 240 and failure.reason.endswith("...")
+
+
+# -- the signatures doctor looks for in a log, and scan() -------------------------------------------
+
+from provision.launch.classify import SIGNATURES, scan  # noqa: E402
+
+# One real-shaped line per signature doctor must know, with the kind it means.
+LOG_LINES = [
+    ("Model not found, name: qwen9, format: pytorch, size: 7, quantization: none", K.MODEL_NOT_FOUND),
+    ("ValueError: Model not found in the model list, uid: e2e-chat", K.MODEL_GONE),
+    ("ValueError: Model qwen2.5-instruct cannot be run on engine vllm.", K.ENGINE_UNSUPPORTED),
+    ("ValueError: Free memory on device (13.2/23.6 GiB) on startup is less than desired GPU memory utilization "
+     "(0.9, 21.24 GiB).", K.OOM),
+    ("ValueError: No available memory for the cache blocks. Try increasing `gpu_memory_utilization`.", K.OOM),
+    ("torch.OutOfMemoryError: CUDA out of memory. Tried to allocate 2.00 GiB", K.OOM),
+    ("ModuleNotFoundError: No module named 'xoscar'", K.VENV_FAILED),
+    ("ImportError: Failed to import vLLM: No module named 'vllm'", K.ENGINE_MISSING),
+    ("RuntimeError: operator torchvision::nms does not exist", K.ENGINE_MISSING),
+    ("Invalid input. `model_path`: /m/x File or directory does not exist.", K.BAD_PATH),
+    ("safetensors_rust.SafetensorError: Error while deserializing header: HeaderTooLarge", K.DAMAGED_WEIGHTS),
+    ("No available slot found for the model", K.NO_SLOT),
+    ("Model is already in the model list, uid: emb1", K.UID_IN_USE),
+]
+
+
+@pytest.mark.parametrize(("line", "kind"), LOG_LINES, ids=[k.value + f"-{i}" for i, (_, k) in enumerate(LOG_LINES)])
+def test_each_log_signature_is_found_with_its_line_number(line, kind):
+    text = "INFO start\n" + PREFIX + line + "\nINFO more\n"
+    found = scan(text)
+    assert [(m.line, m.signature.kind) for m in found] == [(2, kind)]
+    assert found[0].signature.hint and "[address=" not in found[0].excerpt
+
+
+def test_scan_names_the_specific_remedy():
+    by_text = {line: scan(line)[0].signature for line, _ in LOG_LINES}
+    assert "virtual_env: false" in by_text["ModuleNotFoundError: No module named 'xoscar'"].hint
+    assert "torchvision" in by_text["RuntimeError: operator torchvision::nms does not exist"].hint
+    assert "vllm" in by_text["ImportError: Failed to import vLLM: No module named 'vllm'"].hint.lower()
+    assert "provision up" in by_text["ValueError: Model not found in the model list, uid: e2e-chat"].hint
+
+
+def test_scan_reads_every_line_and_skips_live_server_signatures():
+    text = "Connection refused\n" + VLLM_LOG_TAIL
+    found = scan(text)
+    assert [m.signature.name for m in found] == ["GPU memory held by others"]
+    assert found[0].line == 6 and found[0].excerpt.startswith("ValueError: Free memory on device")
+    assert scan("all fine\nnothing here\n") == []
+    assert scan("x\nCUDA out of memory", first_line=10)[0].line == 11
+
+
+def test_signature_names_are_unique():
+    names = [s.name for s in SIGNATURES]
+    assert len(names) == len(set(names))

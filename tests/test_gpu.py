@@ -152,3 +152,19 @@ def test_static_source_returns_a_copy():
     source = StaticSource(cards)
     source.gpus().clear()
     assert source.gpus() == cards
+
+
+def test_nvml_lists_the_processes_holding_each_card(monkeypatch):
+    fake_pynvml(monkeypatch, CARDS)
+    module = sys.modules["pynvml"]
+    held = {0: [types.SimpleNamespace(pid=4321, usedGpuMemory=10 * GiB), types.SimpleNamespace(pid=99, usedGpuMemory=None)],
+            1: [types.SimpleNamespace(pid=4321, usedGpuMemory=2 * GiB)]}
+    module.nvmlDeviceGetComputeRunningProcesses = lambda h: held.get(h, [])
+    module.nvmlDeviceGetGraphicsRunningProcesses = lambda h: (_ for _ in ()).throw(module.NVMLError("Not Supported"))
+    from provision.gpu import GpuProcess
+
+    assert NvmlSource().processes() == {0: [GpuProcess(4321, 10 * GiB), GpuProcess(99, None)],
+                                        1: [GpuProcess(4321, 2 * GiB)], 2: []}
+    assert NvmlSource("1").processes() == {0: [GpuProcess(4321, 2 * GiB)]}  # numbered as the server sees them
+    fake_pynvml(monkeypatch, CARDS, init_error=True)
+    assert NvmlSource().processes() == {}

@@ -3,6 +3,9 @@ the fallback chain (which decides whether to go on) and by doctor (which explain
 
 Every failure has a kind (declared most specific first), a scope (the candidate, or the whole chain:
 no candidate can help), a short reason without Xinference's "[address=..., pid=...]" prefix, and a hint.
+
+    classify(status, detail, log_tail)  -> Failure        one launch failure (the chain)
+    scan(text)                          -> list[Match]    every line a signature recognises (doctor)
 """
 
 from __future__ import annotations
@@ -31,6 +34,7 @@ class FailureKind(str, Enum):
     VENV_FAILED = "venv_failed", "virtualenv install failed"
     UID_IN_USE = "uid_in_use", "uid already in use"
     NO_SLOT = "no_slot", "no free slot"
+    MODEL_GONE = "model_gone", "model is not running"
     DOWNLOAD = "download", "download failed"
     SERVER_DIED = "server_died", "server stopped answering"
     TIMEOUT = "timeout", "timed out"
@@ -63,36 +67,73 @@ _OOM_FREE = "other processes hold memory on that GPU: lower gpu_memory_utilizati
 _OOM_KV = ("raise gpu_memory_utilization or lower max_model_len (options), or set enforce_eager: true "
            "to save CUDA-graph memory")
 _OOM_TORCH = "lower gpu_memory_utilization or max_model_len, set enforce_eager: true, or pick a smaller model"
-# (kind, pattern, hint), first match wins: order matters where texts overlap (a bad model_path is an
-# "Invalid input", a failed uv install may mention a missing module).
-_RULES: list[tuple[FailureKind, re.Pattern, str | None]] = [
-    (FailureKind.UID_IN_USE, re.compile(r"already in the model list"),
-     "another launch holds this uid: `provision down`, or give the model another uid"),
-    (FailureKind.BAD_PATH, re.compile(r"File or directory does not exist|Error no file named", re.I),
-     "check local_path, or that the download finished"),
-    (FailureKind.DAMAGED_WEIGHTS, re.compile(r"Error while deserializing header|HeaderTooLarge|header too large|"
-                                             r"SafetensorError|PytorchStreamReader failed|Unable to load weights from|"
-                                             r"invalid load key", re.I),
-     "the weight files are damaged: `provision up MANIFEST --refetch UID` checks them against the hub and fetches "
-     "them again"),
-    (FailureKind.VENV_FAILED, re.compile(r"\buv\b.*\bpip\b.*\binstall\b.*returned non-zero exit status", re.S),
-     "the per-model virtualenv could not install the engine: set server.virtual_env: false or check the network"),
-    (FailureKind.ENGINE_MISSING, re.compile(r"Failed to import|No module named|library is not installed|"
-                                            r"Please make sure '[^']+' is installed"),
-     "install the engine into the server's Python, or pick another engine"),
-    (FailureKind.ENGINE_UNSUPPORTED, re.compile(r"cannot be run on engine"),
-     "Xinference says this also when the engine is not installed; GET /v1/engines/<type>/<name> tells which"),
-    (FailureKind.MODEL_NOT_FOUND, re.compile(r"Model not found, name:|\b(?:Rerank|Embedding|Image|Audio|Video) "
-                                             r"model \S+ not found"),
-     "check name, size_in_billions, format and quantization against Xinference's built-in models"),
-    (FailureKind.OOM, re.compile(r"Free memory on device"), _OOM_FREE),
-    (FailureKind.OOM, re.compile(r"No available memory for the cache blocks|KV cache is needed|"
-                                 r"larger than the available KV cache memory"), _OOM_KV),
-    (FailureKind.OOM, re.compile(r"CUDA out of memory|OutOfMemoryError"), _OOM_TORCH),
-    (FailureKind.NO_SLOT, re.compile(r"No available slot|No available worker found|Requested GPUs exceed"),
-     "the GPUs are taken: stop another model, or set gpu_idx / n_gpu"),
-    (FailureKind.SERVER_DIED, re.compile(r"cannot reach the Xinference server|Connection refused|"
-                                         r"Connection aborted|RemoteDisconnected", re.I), None),
+
+
+@dataclass(frozen=True)
+class Signature:
+    """One known error text: what it is called, what it means (kind) and what to do (hint)."""
+
+    name: str  # a few words, e.g. "CUDA out of memory"
+    kind: FailureKind
+    pattern: re.Pattern
+    hint: str | None
+
+
+# The one table of Xinference's (and its engines') error texts, used by classify() for a launch and by
+# `provision doctor` for a log. First match wins: order matters where texts overlap (a bad model_path is
+# an "Invalid input", a failed uv install may mention a missing module, vLLM's import error is an import
+# error, a broken torchvision surfaces inside an engine's import).
+SIGNATURES: list[Signature] = [
+    Signature("uid in use", FailureKind.UID_IN_USE, re.compile(r"already in the model list"),
+              "another launch holds this uid: `provision down`, or give the model another uid"),
+    Signature("model not running", FailureKind.MODEL_GONE, re.compile(r"Model not found in the model list"),
+              "the model is not running (terminated, its process died, or the server restarted): "
+              "`provision up` launches it again"),
+    Signature("bad model folder", FailureKind.BAD_PATH,
+              re.compile(r"File or directory does not exist|Error no file named", re.I),
+              "check local_path, or that the download finished"),
+    Signature("damaged weights", FailureKind.DAMAGED_WEIGHTS,
+              re.compile(r"Error while deserializing header|HeaderTooLarge|header too large|SafetensorError|"
+                         r"PytorchStreamReader failed|Unable to load weights from|invalid load key", re.I),
+              "the weight files are damaged: `provision up MANIFEST --refetch UID` checks them against the hub and "
+              "fetches them again"),
+    Signature("virtualenv install failed", FailureKind.VENV_FAILED,
+              re.compile(r"\buv\b.*\bpip\b.*\binstall\b.*returned non-zero exit status", re.S),
+              "the per-model virtualenv could not install the engine: set server.virtual_env: false or check the "
+              "network"),
+    Signature("xoscar missing in a virtualenv", FailureKind.VENV_FAILED, re.compile(r"No module named '?xoscar"),
+              "the model ran in a per-model virtualenv that lacks Xinference's own packages: set "
+              "server.virtual_env: false (the engines are then taken from the server's Python)"),
+    Signature("torch and torchvision do not match", FailureKind.ENGINE_MISSING,
+              re.compile(r"operator torchvision::nms does not exist|torchvision::nms"),
+              "torchvision was built for another torch (a PyPI torchvision next to a CPU torch): "
+              "`pip uninstall torchvision`, or install the one from the same index as torch"),
+    Signature("vLLM cannot be imported", FailureKind.ENGINE_MISSING,
+              re.compile(r"Failed to import (?:module )?'?vllm\b|No module named '?vllm\b", re.I),
+              "vLLM is missing from the server's Python or was built for another torch (`provision doctor` "
+              "compares them); install vllm for this torch, or let the chain fall back to another engine"),
+    Signature("engine not installed", FailureKind.ENGINE_MISSING,
+              re.compile(r"Failed to import|No module named|library is not installed|"
+                         r"Please make sure '[^']+' is installed"),
+              "install the engine into the server's Python, or pick another engine"),
+    Signature("engine cannot run the model", FailureKind.ENGINE_UNSUPPORTED, re.compile(r"cannot be run on engine"),
+              "Xinference says this also when the engine is not installed; GET /v1/engines/<type>/<name> tells "
+              "which"),
+    Signature("model not found", FailureKind.MODEL_NOT_FOUND,
+              re.compile(r"Model not found, name:|\b(?:Rerank|Embedding|Image|Audio|Video) model \S+ not found"),
+              "check name, size_in_billions, format and quantization against Xinference's built-in models"),
+    Signature("GPU memory held by others", FailureKind.OOM,
+              re.compile(r"Free memory on device|less than desired GPU memory utilization"), _OOM_FREE),
+    Signature("no memory for the KV cache", FailureKind.OOM,
+              re.compile(r"No available memory for the cache blocks|KV cache is needed|"
+                         r"larger than the available KV cache memory"), _OOM_KV),
+    Signature("CUDA out of memory", FailureKind.OOM, re.compile(r"CUDA out of memory|OutOfMemoryError"), _OOM_TORCH),
+    Signature("no free slot", FailureKind.NO_SLOT,
+              re.compile(r"No available slot|No available worker found|Requested GPUs exceed"),
+              "the GPUs are taken: stop another model, or set gpu_idx / n_gpu"),
+    Signature("server not answering", FailureKind.SERVER_DIED,
+              re.compile(r"cannot reach the Xinference server|Connection refused|Connection aborted|"
+                         r"RemoteDisconnected", re.I), None),
 ]
 # vLLM V1 only says this; the real cause is in the server log above it.
 _SEE_LOG = re.compile(r"Engine core initialization failed|See root cause above")
@@ -105,10 +146,10 @@ def classify(status: int | None, detail: str, log_tail: str = "") -> Failure:
     if status in (401, 403):
         return Failure(FailureKind.AUTH, Scope.CHAIN, reason or f"HTTP {status}",
                        "the server has authentication on; give provision an API key")
-    for kind, pattern, hint in _RULES:
-        if pattern.search(detail) and (kind is not FailureKind.SERVER_DIED or status is None):
-            scope = Scope.CHAIN if kind is FailureKind.SERVER_DIED else Scope.CANDIDATE
-            return Failure(kind, scope, reason, hint)
+    for sig in SIGNATURES:
+        if sig.pattern.search(detail) and (sig.kind is not FailureKind.SERVER_DIED or status is None):
+            scope = Scope.CHAIN if sig.kind is FailureKind.SERVER_DIED else Scope.CANDIDATE
+            return Failure(sig.kind, scope, reason, sig.hint)
     if log_tail and needs_log(detail):
         found = _from_log(log_tail)
         if found is not None:
@@ -118,13 +159,46 @@ def classify(status: int | None, detail: str, log_tail: str = "") -> Failure:
 
 
 def _from_log(log_tail: str) -> Failure | None:
-    """The last log line a rule recognises (chain-scoped kinds excluded: a log line is not a live server)."""
-    for line in reversed(log_tail.splitlines()):
-        for kind, pattern, hint in _RULES:
-            if kind is not FailureKind.SERVER_DIED and pattern.search(line):
-                match = _EXCEPTION_TEXT.search(line)
-                text = match.group(0) if match else line.strip()
-                return Failure(kind, Scope.CANDIDATE, short("server log: " + clean_detail(text)), hint)
+    """The last log line a signature recognises (a log line is no live server: SERVER_DIED is left out)."""
+    found = scan(log_tail)
+    if not found:
+        return None
+    last = found[-1]
+    return Failure(last.signature.kind, Scope.CANDIDATE, short("server log: " + last.excerpt), last.signature.hint)
+
+
+@dataclass(frozen=True)
+class Match:
+    """A line of a text that a signature recognises."""
+
+    line: int  # 1-based
+    signature: Signature
+    excerpt: str  # the exception text of the line (or the line), without the worker prefix
+
+    def to_json(self) -> dict:
+        return {"line": self.line, "signature": self.signature.name, "kind": self.signature.kind.value,
+                "excerpt": self.excerpt, "hint": self.signature.hint}
+
+
+def scan(text: str, *, first_line: int = 1) -> list[Match]:
+    """Every line of `text` a signature recognises (the first signature that matches it), in order.
+
+    A log records what happened, not a live server: "server not answering" is not looked for.
+    """
+    found = []
+    for number, line in enumerate(text.splitlines(), start=first_line):
+        sig = match_line(line)
+        if sig is not None:
+            exception = _EXCEPTION_TEXT.search(line)
+            found.append(Match(number, sig, short(clean_detail(exception.group(0) if exception else line.strip()))))
+    return found
+
+
+def match_line(line: str) -> Signature | None:
+    """The first signature (not "server not answering") that recognises one line, or None."""
+    for sig in SIGNATURES:
+        if sig.kind is not FailureKind.SERVER_DIED and sig.pattern.search(line):
+            return sig
     return None
 
 
@@ -135,7 +209,6 @@ def needs_log(detail: str) -> bool:
 def short(text: str, limit: int = REASON_CHARS) -> str:
     text = " ".join(text.split())
     return text if len(text) <= limit else text[: limit - 3].rstrip() + "..."
-
 
 
 def failure_kind(value: str) -> FailureKind:

@@ -5,6 +5,8 @@ from __future__ import annotations
 import errno
 import socket
 
+import psutil
+
 from .. import netaddr
 from ..errors import ServerError
 from ..state import ServerRecord
@@ -37,6 +39,18 @@ def port_in_use(host: str, port: int) -> bool:
                 }.get(exc.errno)
                 raise ServerError(f"cannot listen on {host}:{port}: {exc.strerror}", hint=hint) from exc
     return False
+
+
+def port_holders(port: int) -> list[int] | None:
+    """The PIDs listening on TCP `port` (any address), or None when this user may not see them all."""
+    try:
+        connections = psutil.net_connections(kind="tcp")
+    except (psutil.AccessDenied, PermissionError):
+        return None
+    found = {c.pid for c in connections if c.status == psutil.CONN_LISTEN and c.laddr and c.laddr.port == port}
+    if None in found:  # a socket of another user's process: its PID is hidden from us
+        return None if found == {None} else sorted(p for p in found if p is not None)
+    return sorted(found)
 
 
 def check_port(host: str, port: int, record: ServerRecord | None = None) -> bool:

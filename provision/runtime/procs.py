@@ -72,6 +72,22 @@ def identity(pid: int) -> tuple[list[str], float] | None:
         return None
 
 
+def describe(pid: int) -> tuple[str, str]:
+    """(program name, user) of a process, "?" for what cannot be read (gone, another PID namespace)."""
+    proc = _process(pid)
+    if proc is None:
+        return "?", "?"
+    try:
+        name = proc.name()
+    except psutil.Error:
+        name = "?"
+    try:
+        user = proc.username()
+    except (psutil.Error, KeyError):  # KeyError: a uid without a passwd entry
+        user = "?"
+    return name, user
+
+
 def wait_for_cmdline(pid: int, running, seconds: float = 5.0) -> tuple[list[str], float] | None:
     """Identity of a process just started. Popen can return while the kernel is still setting up the new
     program's arguments (its cmdline reads empty for a moment), so wait for them while `running()`."""
