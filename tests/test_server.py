@@ -276,3 +276,22 @@ def test_log_tail(tmp_path: Path):
     assert log_tail(log).splitlines() == [f"line {i}" for i in range(31, 51)]
     assert log_tail(log, lines=2) == "line 49\nline 50"
     assert log_tail(tmp_path / "missing.log") == ""
+
+
+def test_ports_of_a_stopped_server_are_waited_for_until_the_last_holder_lets_go():
+    """A restart starts the new server only when the old one's ports are free: an exiting process of the old
+    server can hold its listening socket for a moment after the leader is gone (seen with a cluster's
+    supervisor after a worker was killed)."""
+    import socket
+    import threading
+
+    from provision.runtime.ports import port_in_use, wait_until_free
+
+    holder = socket.socket()
+    holder.bind(("127.0.0.1", 0))
+    holder.listen()
+    port = holder.getsockname()[1]
+    assert wait_until_free([("127.0.0.1", port)], seconds=0.3) == [("127.0.0.1", port)]  # still held: said
+    threading.Timer(0.5, holder.close).start()
+    assert wait_until_free([("127.0.0.1", port), ("127.0.0.1", port)], seconds=10) == []
+    assert not port_in_use("127.0.0.1", port)

@@ -9,10 +9,12 @@ from .. import auth
 from ..errors import ProvisionError, ServerError
 from ..plan import TERMINATE, Plan
 from ..report import seconds
-from ..runtime import cluster, server
+from ..runtime import cluster, ports, server
 from ..state import ServerRecord
 from ..xinference import XinferenceClient
 from .run import UpRun
+
+PORT_RELEASE_SECONDS = 20.0  # how long a restart waits for the earlier server's sockets to close
 
 
 def serve(run: UpRun, plan: Plan) -> None:
@@ -24,6 +26,8 @@ def serve(run: UpRun, plan: Plan) -> None:
             previous = run.previous_server
             run.earlier_server = server.stop_server(previous)
             console.line(f"[server] stopping the earlier server at {previous.url}: {run.earlier_server}")
+            if previous.managed:  # its ports are free only when the last process holding them has exited
+                ports.wait_until_free(ports.server_ports(previous), PORT_RELEASE_SECONDS)
         spec = manifest.server
         if plan.server in ("start", "restart") and spec.mode == "cluster":
             console.line(f"[server] starting xinference-supervisor on {spec.host}:{spec.port} and {spec.workers} "

@@ -26,7 +26,7 @@ from ..state import ServerRecord, WorkerRecord
 from ..xinference import XinferenceClient
 from . import procs
 from .logs import indent, log_tail
-from .ports import port_in_use
+from .ports import port_holders, port_in_use
 from .server import FAILED_START_GRACE, POLL_INTERVAL, _children, build_env, exited, find_executable, identify, \
     start_server, stop_server
 
@@ -65,7 +65,9 @@ def start_cluster(
               for i, a in enumerate(spec.worker_addresses)]
     for host, port, what in ports:
         if port_in_use(host, port):
-            raise ServerError(f"port {port} is already in use on {host}: it is the port of {what}",
+            holders = ", ".join(f"pid {pid} ({procs.describe(pid)[0]})" for pid in port_holders(port) or [])
+            raise ServerError(f"port {port} is already in use on {host}"
+                              + (f" by {holders}" if holders else "") + f": it is the port of {what}",
                               hint="set server.supervisor_port and server.worker_port to free ports "
                               f"(`ss -ltnp 'sport = :{port}'` shows which program holds it)")
     # One key per start, shared by the supervisor and its workers: xoscar signs every actor message with it.

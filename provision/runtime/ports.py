@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import errno
 import socket
+import time
 
 import psutil
 
@@ -39,6 +40,32 @@ def port_in_use(host: str, port: int) -> bool:
                 }.get(exc.errno)
                 raise ServerError(f"cannot listen on {host}:{port}: {exc.strerror}", hint=hint) from exc
     return False
+
+
+def wait_until_free(addresses, seconds: float) -> list[tuple[str, int]]:
+    """Wait until nothing listens on any (host, port) any more, for at most `seconds`; the ones still held.
+
+    A server's ports are free only once the last process holding its sockets has exited, which can be a
+    moment after the process provision recorded is gone: a restart waits for that before it starts anew."""
+    deadline = time.monotonic() + seconds
+    pending = list(dict.fromkeys(addresses))
+    while True:
+        pending = [(host, port) for host, port in pending if port_in_use(host, port)]
+        if not pending or time.monotonic() >= deadline:
+            return pending
+        time.sleep(0.2)
+
+
+def server_ports(record: ServerRecord) -> list[tuple[str, int]]:
+    """Every (host, port) a recorded server listened on: its API, a cluster's actor port and its workers."""
+    found = [(record.host, record.port)] if record.port else []
+    if record.supervisor_port:
+        found.append((record.host, record.supervisor_port))
+    for worker in record.workers:
+        host, _, port = worker.address.rpartition(":")
+        if port.isdigit():
+            found.append((host, int(port)))
+    return found
 
 
 def port_holders(port: int) -> list[int] | None:
