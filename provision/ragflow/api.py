@@ -26,26 +26,15 @@ credential is an answer and is never retried.
 from __future__ import annotations
 
 import base64
-from dataclasses import dataclass, field
 from typing import Any
 
 import requests
 
 from .. import retry
-from ..errors import ProvisionError
-from .calls import (  # noqa: F401 - the names callers know from here
-    FIRST_PROVIDERS_VERSION,
-    LLM_APP,
-    PROVIDER,
-    P,
-    PROVIDERS,
-    Call,
-    Version,
-    calls,
-    model_ref,
-    parse_version,
-    segment,
-)
+from .calls import (FIRST_PROVIDERS_VERSION, LLM_APP, PROVIDERS, Call, P, Verdict, Version, calls, parse_version,
+                    segment)
+from .errors import AUTH_CODES, RagflowAuthError, RagflowError, is_not_found
+from .routes import DatasetRoutes, LegacyRoutes
 
 # conf/public.pem of RAGFlow (the same in every install; the web UI encrypts passwords with it).
 PUBLIC_KEY_PEM = """\
@@ -62,62 +51,6 @@ RNLJpL8w4D44sfth5RvZ3q9t+6RTArpEtc5sh5ChzvqPOzKGMXW83C95TxmXqpbK
 
 TOKEN_HINT = ("make an API token in RAGFlow (avatar -> API -> API key) and give it to provision; "
               "a login token dies at the next login, in the browser too")
-
-
-# -- errors -------------------------------------------------------------------------------------------
-
-
-class RagflowError(ProvisionError):
-    """RAGFlow answered with a failure (code != 0, HTTP 401/404), an answer we cannot read, or not at all."""
-
-    def __init__(self, message: str, *, code: int | None = None, status: int | None = None,
-                 path: str = "", detail: str = "", hint: str | None = None):
-        super().__init__(message, hint=hint)
-        self.code = code
-        self.status = status
-        self.path = path
-        self.detail = detail  # RAGFlow's own message, verbatim
-        self.body: dict | None = None  # the whole envelope, when there was one
-
-    def to_json(self) -> dict:
-        return {**super().to_json(), "code": self.code, "status": self.status, "path": self.path,
-                "detail": self.detail}
-
-
-class RagflowAuthError(RagflowError):
-    """RAGFlow refused the credential (HTTP 401, or a refused login): never retried."""
-
-
-AUTH_CODES = (109, 401)  # AUTHENTICATION_ERROR (login: unknown email, wrong password); 401 in the envelope
-
-
-def is_not_found(exc: RagflowError) -> bool:
-    """The route does not exist on this RAGFlow (HTTP 404)."""
-    return exc.status == 404
-
-
-# -- values -------------------------------------------------------------------------------------------
-
-
-@dataclass(frozen=True)
-class Verdict:
-    """RAGFlow's answer to "does this model work": ok, or its message (verbatim, leading newlines cut)."""
-
-    ok: bool
-    message: str = ""
-
-
-@dataclass
-class CheckResult:
-    """RAGFlow's embedding check of one dataset against a candidate model."""
-
-    code: int
-    message: str = ""
-    data: dict = field(default_factory=dict)
-
-    @property
-    def ok(self) -> bool:
-        return self.code == 0
 
 
 def encrypt_password(password: str, public_key_pem: str = PUBLIC_KEY_PEM) -> str:
@@ -145,7 +78,7 @@ def _not_sent(exc: BaseException) -> bool:
     return False
 
 
-class RagflowClient:
+class RagflowClient(DatasetRoutes, LegacyRoutes):
     def __init__(self, url: str, *, api_token: str | None = None, timeout: float = 30.0,
                  slow_timeout: float = 300.0, public_key_pem: str = PUBLIC_KEY_PEM):
         self.url = url.rstrip("/")
@@ -374,90 +307,6 @@ class RagflowClient:
 
     def clear_default(self, model_type: str) -> None:
         self.send(calls.clear_default(model_type))
-
-    # -- datasets ------------------------------------------------------------------------------------
-
-    def list_datasets(self, page_size: int = 100) -> list[dict]:
-        """Every dataset of the user: [{id, name, embedding_model, chunk_count, document_count, ...}]."""
-        out: list[dict] = []
-        page = 1
-        while True:
-            batch = self.get("/api/v1/datasets", {"page": page, "page_size": page_size}) or []
-            out.extend(batch)
-            if len(batch) < page_size or page >= 1000:
-                return out
-            page += 1
-
-    def check_embedding(self, dataset_id: str, embd_id: str, check_num: int = 5) -> CheckResult:
-        """RAGFlow's comparison of the dataset's stored vectors with embd_id's: code 0 (compatible),
-        10 (similarity below 0.9) or 102 (another dimension, no chunks, the model failed). The route is
-        /api/v1/datasets/<id>/embedding/check from v0.25.2, /v1/kb/check_embedding before."""
-        for legacy_route in (False, True):
-            try:
-                body = self.envelope(calls.check_embedding(dataset_id, embd_id, check_num,
-                                                           legacy_route=legacy_route))
-            except RagflowAuthError:
-                raise
-            except RagflowError as exc:
-                if is_not_found(exc) and not legacy_route:
-                    continue
-                if exc.code is None or is_not_found(exc):
-                    raise
-                data = (exc.body or {}).get("data")
-                return CheckResult(exc.code, exc.detail, data if isinstance(data, dict) else {})
-            return CheckResult(0, body.get("message") or "", body.get("data") or {})
-        raise AssertionError("unreachable")
-
-    # -- <= v0.25 -------------------------------------------------------------------------------------
-
-    def add_llm(self, name: str, model_type: str, api_base: str, api_key: str, max_tokens: int,
-                verify: bool = False) -> Verdict:
-        """Adds (or updates) one model; RAGFlow calls it first and stores nothing when it fails. With
-        verify=True (v0.24+) it only checks."""
-        try:
-            data = self.send(calls.add_llm(name, model_type, api_base, api_key, max_tokens, verify=verify))
-        except RagflowAuthError:
-            raise
-        except RagflowError as exc:
-            if exc.code is None or exc.status == 404:
-                raise
-            return Verdict(False, (exc.detail or exc.message).strip())
-        if verify and isinstance(data, dict) and "success" in data:
-            return Verdict(bool(data.get("success")), str(data.get("message") or "").strip())
-        return Verdict(True)
-
-    def my_llms(self) -> list[dict]:
-        """The tenant's Xinference models: [{id, type, name, api_base, max_tokens, status}] (no key)."""
-        data = self.get("/v1/llm/my_llms", {"include_details": "true"}) or {}
-        entry = data.get(PROVIDER) if isinstance(data, dict) else None
-        return list(entry.get("llm") or []) if isinstance(entry, dict) else []
-
-    def delete_llm(self, name: str) -> None:
-        self.send(calls.delete_llm(name))
-
-    def tenant_info(self) -> dict:
-        """{tenant_id, llm_id, embd_id, rerank_id, asr_id, img2txt_id, ...}; remembers which route answered."""
-        routes = [("api", "/api/v1/users/me/models"), ("v1", "/v1/user/tenant_info")]
-        if self.tenant_route == "v1":
-            routes.reverse()
-        last: RagflowError | None = None
-        for route, path in routes:
-            try:
-                data = self.get(path)
-            except RagflowError as exc:
-                if not is_not_found(exc):
-                    raise
-                last = exc
-                continue
-            self.tenant_route = route
-            return data or {}
-        assert last is not None
-        raise last
-
-    def set_tenant_info(self, values: dict) -> None:
-        if self.tenant_route is None:
-            self.tenant_info()
-        self.send(calls.set_tenant_info(values, route=self.tenant_route or "api"))
 
 
 def _code(body: Any) -> int | None:

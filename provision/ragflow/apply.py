@@ -25,7 +25,8 @@ import re
 from typing import Callable
 from urllib.parse import urlsplit
 
-from .api import RagflowClient, RagflowError
+from .api import RagflowClient
+from .errors import RagflowError
 from .calls import LLM_APP, PROVIDER, PROVIDERS, Call, calls, model_ref
 from .diff import instance_differences, model_differences, removed_models
 from .model import MODEL_TYPES, Desired, StackModel, check_desired, model_info, ragflow_base_url, ragflow_key, wanted_defaults

@@ -5,7 +5,7 @@ and earlier) and how each names a model.
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any
 from urllib.parse import quote
 
@@ -163,3 +163,27 @@ class calls:  # noqa: N801 - a namespace of Call builders
 
 
 # -- the client ---------------------------------------------------------------------------------------
+
+
+# -- RAGFlow's answers --------------------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class Verdict:
+    """RAGFlow's answer to "does this model work": ok, or its message (verbatim, leading newlines cut)."""
+
+    ok: bool
+    message: str = ""
+
+
+@dataclass
+class CheckResult:
+    """RAGFlow's embedding check of one dataset against a candidate model."""
+
+    code: int
+    message: str = ""
+    data: dict = field(default_factory=dict)
+
+    @property
+    def ok(self) -> bool:
+        return self.code == 0

@@ -7,7 +7,7 @@ from dataclasses import dataclass, field
 from typing import Callable
 from urllib.parse import urlsplit
 
-from .api import RagflowError
+from .errors import RagflowError
 from .config import NO_KEY
 from .remedy import root_url
 
