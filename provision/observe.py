@@ -229,7 +229,8 @@ def _observe_local(manifest: Manifest, observed: Observed, hub_listing: bool) ->
     candidates = [c for i in range(len(manifest.models)) for c in manifest.candidates(i)]
     for c in candidates:
         if c.folder is not None and c.folder not in observed.local_files and c.folder.is_dir():
-            observed.local_files[c.folder] = {p: st.st_size for p, st in download.local_files(c.folder).items()}
+            observed.local_files[c.folder] = download.model_files(c.folder) if not c.downloadable else \
+                {p: st.st_size for p, st in download.local_files(c.folder).items()}  # a download: every file
     models_dir = manifest.models_dir
     try:
         existing = next(p for p in (models_dir, *models_dir.parents) if p.exists())

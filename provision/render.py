@@ -84,7 +84,7 @@ def up(result) -> Rendered:
     data = {
         "plan": asdict(result.plan),
         "server": asdict(state.server) if state.server else None,
-        "models": [asdict(m) for m in state.models],
+        "models": state.to_json()["models"],  # secret launch options hidden, as in state.json
         "checks": [asdict(c) for c in result.checks],
         "ragflow": result.provider,
         "files": result.files,

@@ -283,7 +283,8 @@ def test_local_path_without_weights(mirror_root, models_dir):
     [
         ({}, "is empty"),
         ({"model.gguf": b"GGUF"}, None),
-        ({"modules.json": b"[]", "0_Transformer/pytorch_model.bin": b"x"}, None),
+        ({"modules.json": b'[{"path": "0_Transformer"}]', "0_Transformer/pytorch_model.bin": b"x"}, None),
+        ({"modules.json": b"[]", "0_Transformer/pytorch_model.bin": b"x"}, "no weights"),  # not a module folder
         ({"model.safetensors": b"x"}, "no model config"),
         ({"config.json": b"{}", "model.safetensors.incomplete": b"x"}, "no weights"),
     ],
@@ -300,3 +301,41 @@ def test_record_survives_json_garbage(mirror, models_dir):
     fetch(EMBED, mirror.url, models_dir)
     (models_dir / EMBED / folder_module.RECORD).write_text(json.dumps({"files": [1, 2]}))
     assert not fetch(EMBED, mirror.url, models_dir).skipped
+
+
+def test_a_local_folder_is_judged_by_its_top_level_only(tmp_path, monkeypatch):
+    """`local_path: /data` must not walk the whole tree below it (issue 9, #19): a model's config and
+    weights sit at its top level, so that is all `model_folder_problem` looks at."""
+    from provision.download import folder as folder_module
+
+    (tmp_path / "config.json").write_text("{}")
+    (tmp_path / "model.safetensors").write_bytes(b"x")
+    (tmp_path / "deep" / "er").mkdir(parents=True)
+
+    def no_walk(*args, **kwargs):
+        raise AssertionError("model_folder_problem walked below the folder's top level")
+
+    monkeypatch.setattr(folder_module.os, "walk", no_walk)
+    assert download.model_folder_problem(tmp_path) is None
+    (tmp_path / "model.safetensors").unlink()
+    (tmp_path / "deep" / "model.safetensors").write_bytes(b"x")
+    assert "holds no weights" in download.model_folder_problem(tmp_path)
+
+
+def test_plan_reads_only_a_local_folders_model_files(tmp_path, monkeypatch):
+    """The plan's weight sizes of a `local_path` come from the same top-level look (issue 9, #19)."""
+    from provision.download import folder as folder_module
+    from provision.manifest import load
+    from provision.observe import observe
+
+    model = tmp_path / "weights"
+    (model / "deep").mkdir(parents=True)
+    (model / "config.json").write_text("{}")
+    (model / "model.safetensors").write_bytes(b"x" * 10)
+    (model / "deep" / "other.bin").write_bytes(b"y")
+    manifest = tmp_path / "m.yml"
+    manifest.write_text(f"version: 1\nname: s\nmodels:\n  - role: embedding\n    uid: e\n    name: bge-small-en-v1.5\n"
+                        f"    local_path: {model}\nroles: {{chat: 0, rerank: 0}}\n")
+    monkeypatch.setattr(folder_module.os, "walk", lambda *a, **k: (_ for _ in ()).throw(AssertionError("walked")))
+    observed = observe(load(str(manifest)), None, None)
+    assert observed.local_files[model] == {"config.json": 2, "model.safetensors": 10}

@@ -158,3 +158,21 @@ def test_a_damaged_state_is_reported(tmp_path, invoke, text, fragment, command):
     result = invoke(["--state-dir", state_dir, command, "--json"])
     doc = json.loads(result.stdout)
     assert result.exit_code == 1 and doc["status"] == "error" and doc["errors"][0]["type"] == "StateError"
+
+
+def test_up_json_holds_no_secret_option():
+    """Defect 7, second half: the launch payload in `up --json` is the state's, secret options hidden."""
+    from types import SimpleNamespace
+
+    from provision import render
+    from provision.plan import Plan
+
+    payload = {"model_uid": "c", "model_name": "n", "api_key": "sk-live-0123456789abcdef", "max_model_len": 8192}
+    state = State(manifest="m", name="t", models=[
+        ModelRecord(role="chat", uid="c", model_type="LLM", status="running", payload=payload)])
+    result = SimpleNamespace(state=state, plan=Plan(manifest="m", name="t", server="reuse", server_reason="", base_url=""),
+                             checks=[], timings={}, files={}, paste="", provider=None, terminated=[],
+                             earlier_server=None, ragflow_applied=None, ragflow_error=None)
+    text, data = render.up(result)
+    assert "sk-live-0123456789abcdef" not in json.dumps(data)
+    assert data["models"][0]["payload"] == {**payload, "api_key": "(hidden)"}

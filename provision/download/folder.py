@@ -43,7 +43,41 @@ def local_folder_check(candidate: Candidate) -> Path:
 
 def model_folder_problem(folder: Path) -> str | None:
     """Why `folder` does not hold a loadable model (config + weights), or None when it does."""
-    return folder_problem(local_files(folder))
+    return folder_problem(model_files(folder))
+
+
+def model_files(folder: Path) -> dict[str, int]:
+    """The files that make a model in `folder` (relative path -> size): its top level only, plus the module
+    folders a sentence-transformers `modules.json` lists. A model's config and weights sit there, and
+    `local_path: /data` must not walk all of /data."""
+    found = _file_sizes(folder, "")
+    if "modules.json" in found:  # sentence-transformers: the weights may sit in the module folders it lists
+        try:
+            modules = json.loads((folder / "modules.json").read_text())
+        except (OSError, ValueError):
+            modules = []
+        for module in modules if isinstance(modules, list) else []:
+            sub = str(module.get("path") or "") if isinstance(module, dict) else ""
+            if sub and ".." not in sub.split("/") and not sub.startswith("/"):
+                found.update(_file_sizes(folder / sub, sub.rstrip("/") + "/"))
+    return found
+
+
+def _file_sizes(folder: Path, prefix: str) -> dict[str, int]:
+    found = {}
+    try:
+        with os.scandir(folder) as entries:
+            for entry in entries:
+                if entry.name.startswith(".") or is_hidden(entry.name):
+                    continue
+                try:
+                    if entry.is_file():
+                        found[prefix + entry.name] = entry.stat().st_size
+                except OSError:
+                    continue  # vanished while we looked
+    except OSError:
+        pass
+    return found
 
 
 
