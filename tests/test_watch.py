@@ -433,6 +433,16 @@ def test_a_model_the_server_dropped_is_a_drift_to_repair_at_once(tmp_path):
 
 
 @responses.activate
+def test_a_model_still_listed_without_an_instance_was_dropped_a_moment_ago(tmp_path):
+    state_dir = state_with(tmp_path, ours(), running("emb"), running("rr", "rerank"))
+    listing("emb", "rr")  # the listing lags the eviction by 2 s
+    responses.get(f"{URL}/v1/models/instances", json=[], match=[responses.matchers.query_param_matcher({"model_uid": "emb"})])
+    instance("rr", "READY")
+    _, found = survey_of(tmp_path, state_dir)
+    assert not found["emb"].ok and not found["emb"].confirm and "no instance" in found["emb"].reason
+
+
+@responses.activate
 def test_a_failed_call_is_a_drift_that_asks_for_a_second_look(tmp_path):
     state_dir = state_with(tmp_path, ours(), running("emb"), running("rr", "rerank"))
     listing("emb", "rr")

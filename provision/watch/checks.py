@@ -153,8 +153,8 @@ def _model(client, state: State, manifest: Manifest, uid: str, listed: set[str])
         instances = [i for i in client.instances(uid) if isinstance(i, dict) and i.get("model_uid") in (uid, None)]
     except ProvisionError:
         instances = None  # not known: the listing decides
-    if instances == [] and uid in listed:  # evicted a moment ago (the listing lags 2 s), or a server that lists none
-        return Finding(uid, False, "the server lists it but has no instance of it", confirm=True)
+    if instances == [] and uid in listed:  # evicted a moment ago: the listing lags 2 s behind
+        return Finding(uid, False, "the server no longer runs it (it has no instance of it)")
     instances = instances or []
     status = str(instances[0].get("status") or "").upper() if instances else ""
     replicas = [str(r.get("status")) for r in (instances[0].get("replica_statuses") or []) if isinstance(r, dict)] \

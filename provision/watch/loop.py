@@ -137,13 +137,14 @@ class Watcher:
         if first:
             self.log.emit("repair", detail="running `up` to bring the manifest up")
         else:
-            attempts = max((t.attempts for t in tried), default=1)
             reasons: dict[str, list[str]] = {}
             for t in tried:
                 reasons.setdefault(t.reason, []).append(t.subject)
+            again = [f"{t.subject} {t.attempts}" for t in tried if t.attempts > 1]  # since it was last stable
             self.log.emit("repair", ", ".join(t.subject for t in tried),
                           "running `up` (" + "; ".join(f"{', '.join(s)}: {r}" for r, s in reasons.items()) + ")"
-                          + (f", attempt {attempts}" if attempts > 1 else ""), attempt=attempts)
+                          + (f"; attempt {', '.join(again)}" if again else ""),
+                          attempts={t.subject: t.attempts for t in tried})
         started, error = self.clock(), ""
         about_to_apply = checks.digest(self.path)
         self.in_repair = True
