@@ -295,6 +295,24 @@ def test_down_stops_watch_with_exit_zero(tmp_path):
     assert events_of(tmp_path)[-1]["detail"].startswith("the stack was brought down")
 
 
+def test_a_down_that_finishes_while_a_round_looks_is_not_undone(tmp_path):
+    """The round saw models vanish (down was terminating them); by the time the repair is due, down has written
+    its state: watch stops instead of bringing the stack back."""
+    clock, lines = Clock(), []
+    script = Script([healthy(), {**healthy(), "emb": bad("emb")}])
+    up = FakeUp(clock)
+    w = watcher(tmp_path, script, up, clock, lines)
+
+    def down_meanwhile(*args):
+        state_with(tmp_path, None, ModelRecord("embedding", "emb", "embedding", "terminated"))
+        return script(*args)
+
+    w.survey_fn = lambda *args: down_meanwhile(*args) if len(script.calls) >= 1 else script(*args)
+    assert w.run() == 0
+    assert len(up.calls) == 1  # only the first `up`
+    assert events_of(tmp_path)[-1]["detail"].startswith("the stack was brought down")
+
+
 def test_sigterm_while_sleeping_is_exit_zero_and_says_the_stack_is_left_running(tmp_path):
     clock, lines = Clock(), []
     stops = StopSignals()

@@ -67,6 +67,19 @@ def digest(path: str | Path) -> str | None:
         return None
 
 
+def brought_down(state: State | None) -> bool:
+    """The state is what `provision down` leaves: no server, every model terminated."""
+    return state is not None and state.server is None and bool(state.models) and \
+        all(m.status == "terminated" for m in state.models)
+
+
+def was_brought_down(state_dir: StateDir) -> bool:
+    try:
+        return brought_down(state_dir.read())
+    except ProvisionError:
+        return False
+
+
 def survey(state_dir: StateDir, manifest: Manifest, manifest_path: str, applied_digest: str | None,
            call: set[str] | frozenset = frozenset(), timeout: float = ANSWER_TIMEOUT_S) -> Survey:
     """Check the server and every model of the manifest; `call`: the uids to call once as RAGFlow would."""
@@ -88,7 +101,7 @@ def survey(state_dir: StateDir, manifest: Manifest, manifest_path: str, applied_
         return result
     record = state.server
     if record is None:
-        result.brought_down = bool(state.models) and all(m.status == "terminated" for m in state.models)
+        result.brought_down = brought_down(state)
         result.findings.append(Finding("server", False, "no server is recorded", kind="server"))
         result.findings += [Finding(uid, False, "its server is down") for uid in uids]
         return result

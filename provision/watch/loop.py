@@ -29,6 +29,7 @@ from .policy import Backoff, Event, Ledger
 CALL_EVERY = 5  # a real call of each model every this many checks (and of a drifted one at every check)
 RECHECK_S = 5.0  # while something drifted: look again this soon (the interval, when that is shorter)
 EXIT_SIGINT = 130
+DOWN = "the stack was brought down (`provision down`): watch stops too"
 
 
 class StopSignals:
@@ -103,12 +104,15 @@ class Watcher:
                 self.sleep(self.ledger.next_wake(self.clock(), o.interval, min(o.recheck, o.interval)))
                 survey = self._survey(self._to_call())
                 if survey.brought_down:
-                    self.log.emit("stop", detail="the stack was brought down (`provision down`): watch stops too")
+                    self.log.emit("stop", detail=DOWN)
                     return EXIT_OK
                 now = self.clock()
                 self._emit(self.ledger.update(survey.findings, now))
                 self._say_ok(survey, now)
                 if self.ledger.due(now):
+                    if checks.was_brought_down(self.state_dir):  # `down` finished while this round looked
+                        self.log.emit("stop", detail=DOWN)
+                        return EXIT_OK
                     self._repair()
         except KeyboardInterrupt:
             name = (stops.received if stops else None) or "SIGINT"
