@@ -248,5 +248,7 @@ def watch(manifest_path: str, state_dir: StateDir, *, interval: float = 30.0, js
                             hint="one `provision watch` per state folder: stop that one first (kill -TERM PID, or "
                             "`systemctl stop` its unit), or give this one another --state-dir"):
             return watcher.run(stops)
+    except KeyboardInterrupt:  # a signal before the loop began (while the manifest was read): nothing ran yet
+        return EXIT_OK if stops is not None and stops.received == "SIGTERM" else EXIT_SIGINT
     finally:
         log.close()
