@@ -23,7 +23,8 @@ from provision.manifest import parse
 from provision.state import ModelRecord, ServerRecord, State, StateDir
 from provision.watch import checks
 from provision.watch.events import EventLog
-from provision.watch.loop import Options, StopSignals, Watcher, up_summary
+from provision.runtime import procs
+from provision.watch.loop import SETTLE_S, Options, StopSignals, Watcher, up_summary
 from provision.watch.policy import Backoff, Finding, Ledger
 
 URL = "http://127.0.0.1:9997"
@@ -293,6 +294,51 @@ def test_down_stops_watch_with_exit_zero(tmp_path):
     w = watcher(tmp_path, script, FakeUp(clock), clock, lines)
     assert w.run() == 0
     assert events_of(tmp_path)[-1]["detail"].startswith("the stack was brought down")
+
+
+def test_a_process_that_ends_between_checks_cuts_the_wait_short_and_its_model_is_called(tmp_path):
+    clock, lines = Clock(), []
+    script = Script([healthy()], stop_after=4)
+    dies_at = {}
+
+    def survey(*args):
+        result = script(*args)
+        result.processes = {"server": procs.Seen(1, 1.0), "emb": procs.Seen(2, 2.0)}
+        dies_at.setdefault("emb", clock.now + 7.5)  # 7.5 s into the 30 s wait after the first check
+        return result
+
+    w = watcher(tmp_path, survey, FakeUp(clock), clock, lines, interval=30)
+    w.still = lambda seen: not (seen.pid == 2 and clock.now >= dies_at["emb"])
+    checked_at = []
+    w.survey_fn = lambda *args: (checked_at.append(clock.now), survey(*args))[1]
+    w.run()
+    first, second = checked_at[0], checked_at[1]
+    assert second - first == pytest.approx(8 + SETTLE_S, abs=0.05)  # the 1 s look after 8 s, then the settle
+    assert "emb" in script.calls[1]  # the model whose process ended is called, not just listed
+
+
+def test_the_processes_watched_between_checks_are_the_server_and_its_models(reaper):
+    pytest.importorskip("setproctitle")  # what xinference names its model processes with
+    pids = reaper / "pids"
+    child = (f"import os, setproctitle, time; setproctitle.setproctitle('Model: emb-rep0'); "
+             f"open('{pids}', 'a').write(f'{{os.getpid()}}\\n'); time.sleep(120)")
+    leader_code = f"import subprocess, sys, time; subprocess.Popen([sys.executable, '-c', {child!r}]); time.sleep(120)"
+    leader = subprocess.Popen([sys.executable, "-c", leader_code, str(reaper)], start_new_session=True)
+    try:
+        deadline = time.monotonic() + 30
+        while not (pids.exists() and pids.read_text().strip()):
+            assert time.monotonic() < deadline, "the stand-in model process did not start"
+            time.sleep(0.05)
+        me = psutil.Process(leader.pid)
+        record = ServerRecord(url=URL, managed=True, pid=leader.pid, pgid=leader.pid, cmdline=me.cmdline(),
+                              create_time=me.create_time())
+        found = checks.processes(record, {"emb", "rr"})
+        assert set(found) == {"server", "emb"} and found["server"].pid == leader.pid
+        assert psutil.Process(found["emb"].pid).ppid() == leader.pid
+        assert checks.processes(ServerRecord(url=URL, managed=False), {"emb"}) == {}  # not ours: none watched
+    finally:
+        os.killpg(leader.pid, signal.SIGKILL)  # the stand-ins' own group (the retitled child included)
+        leader.wait()
 
 
 def test_a_down_that_finishes_while_a_round_looks_is_not_undone(tmp_path):

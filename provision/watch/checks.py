@@ -28,6 +28,7 @@ before it starts the new server (apply/serve.py).
 from __future__ import annotations
 
 import hashlib
+import re
 import threading
 import time
 from dataclasses import dataclass, field
@@ -41,6 +42,7 @@ from ..runtime import cluster, procs
 from ..state import ModelRecord, State, StateDir
 from .policy import Finding
 
+_MODEL_TITLE = re.compile(r"^Model: (?P<uid>.+)-rep\d+$")  # how xinference 4.1 names a model's process
 ANSWER_TIMEOUT_S = 10.0  # GET /v1/models while launches load the CPU can take seconds: slow is not dead
 RECOVERING = PENDING | {"ERROR", "TERMINATING"}  # instance statuses while Xinference recreates a dead model
 
@@ -53,6 +55,9 @@ class Survey:
     brought_down: bool = False  # the state says `provision down` stopped the stack
     server_pid: int | None = None
     called: dict[str, float] = field(default_factory=dict)  # uid -> latency of its call this round
+    # What the loop looks at every second between checks: the server's process and each model's, as seen now
+    # ("server", or a uid -> the process). A death shows within a second, whatever the interval.
+    processes: dict[str, procs.Seen] = field(default_factory=dict)
 
     @property
     def healthy(self) -> bool:
@@ -111,6 +116,7 @@ def survey(state_dir: StateDir, manifest: Manifest, manifest_path: str, applied_
     if not server.ok:
         result.findings += [Finding(uid, False, "its server is down") for uid in uids]
         return result
+    result.processes = processes(record, set(uids))
     findings = {uid: _model(client, state, manifest, uid, listed) for uid in uids}
     to_call = [state.model(uid) for uid, f in findings.items() if f.ok and uid in call]
     for check in _calls(client, to_call):
@@ -122,6 +128,23 @@ def survey(state_dir: StateDir, manifest: Manifest, manifest_path: str, applied_
                                           facts={"message": check.message[:300]})
     result.findings += findings.values()
     return result
+
+
+def processes(record, uids: set[str]) -> dict[str, procs.Seen]:
+    """The server's process (one provision started) and the `Model: UID-repN` processes of `uids` in its group.
+    A server provision did not start, or a cluster's models on other hosts, have none to watch."""
+    found: dict[str, procs.Seen] = {}
+    if not record.managed or not record.pid or record.create_time is None:
+        return found
+    found["server"] = procs.Seen(record.pid, record.create_time)
+    if record.workers:  # a cluster: the models run under the workers, maybe elsewhere
+        return found
+    for pid in procs.group_members(record.pgid if record.pgid == record.pid else None):
+        seen = procs.identity(pid)
+        match = _MODEL_TITLE.match(" ".join(seen[0]).strip()) if seen else None
+        if match and match["uid"] in uids:
+            found[match["uid"]] = procs.Seen(pid, seen[1])
+    return found
 
 
 def _server(state_dir: StateDir, record, timeout: float):

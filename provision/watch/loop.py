@@ -20,6 +20,7 @@ from dataclasses import dataclass
 from typing import Callable
 
 from ..console import Console
+from ..runtime import procs
 from ..errors import EXIT_OK, ManifestError, ProvisionError, StateError, UsageError
 from ..state import StateDir
 from . import checks
@@ -28,6 +29,8 @@ from .policy import Backoff, Event, Ledger
 
 CALL_EVERY = 5  # a real call of each model every this many checks (and of a drifted one at every check)
 RECHECK_S = 5.0  # while something drifted: look again this soon (the interval, when that is shorter)
+PULSE_S = 1.0  # between checks: is each watched process still alive (a /proc read each, no request)
+SETTLE_S = 1.0  # a process just died: the server's view of it settles this long before the check
 EXIT_SIGINT = 130
 DOWN = "the stack was brought down (`provision down`): watch stops too"
 
@@ -74,7 +77,8 @@ class Options:
 class Watcher:
     def __init__(self, manifest_path: str, state_dir: StateDir, log: EventLog, console: Console,
                  options: Options | None = None, *, up: Callable | None = None, survey: Callable | None = None,
-                 clock: Callable[[], float] = time.monotonic, sleep: Callable[[float], None] = time.sleep):
+                 clock: Callable[[], float] = time.monotonic, sleep: Callable[[float], None] = time.sleep,
+                 still: Callable[[procs.Seen], bool] = procs.still):
         from ..apply import up as apply_up
         from ..manifest import load
 
@@ -83,7 +87,9 @@ class Watcher:
         self.up = up or apply_up
         self.survey_fn = survey or checks.survey
         self.load = load
-        self.clock, self.sleep = clock, sleep
+        self.clock, self.sleep, self.still = clock, sleep, still
+        self.processes: dict[str, procs.Seen] = {}  # watched between checks (checks.processes)
+        self.died: set[str] = set()  # subjects whose process the pulse saw end: called at the next check
         self.ledger = Ledger(self.options.backoff)
         self.manifest = load(manifest_path)  # a bad manifest is an error now, before anything runs
         self.applied: str | None = None  # the manifest's digest when the last `up` read it
@@ -101,7 +107,7 @@ class Watcher:
         try:
             self._repair(first=True)
             while True:
-                self.sleep(self.ledger.next_wake(self.clock(), o.interval, min(o.recheck, o.interval)))
+                self._rest(self.ledger.next_wake(self.clock(), o.interval, min(o.recheck, o.interval)))
                 survey = self._survey(self._to_call())
                 if survey.brought_down:
                     self.log.emit("stop", detail=DOWN)
@@ -121,16 +127,35 @@ class Watcher:
                           signal=name)
             return EXIT_OK if name == "SIGTERM" else EXIT_SIGINT
 
+    def _rest(self, seconds: float) -> None:
+        """Wait until the next check, looking every PULSE_S at the watched processes: one that ended cuts the
+        wait short (after SETTLE_S, so the server has marked it), and the next check calls that model."""
+        deadline = self.clock() + seconds
+        while True:
+            left = deadline - self.clock()
+            if left <= 0:
+                return
+            self.sleep(min(PULSE_S, left))
+            ended = {subject for subject, seen in self.processes.items() if not self.still(seen)}
+            if ended:
+                self.died |= ended
+                self.sleep(SETTLE_S)
+                return
+
     def _to_call(self) -> set[str]:
-        """Every model every `call_every` checks; a drifted one at every check (a failed call is confirmed)."""
+        """Every model every `call_every` checks; a drifted one, or one whose process just ended, at every check
+        (a failed call is confirmed)."""
         everyone = {m.uid for m in self.manifest.models}
         if self.rounds % self.options.call_every == 0:
             return everyone
-        return {t.subject for t in self.ledger.drifted() if t.kind == "model"} & everyone
+        return ({t.subject for t in self.ledger.drifted() if t.kind == "model"} | self.died) & everyone
 
     def _survey(self, call: set[str]) -> checks.Survey:
         self.rounds += 1
-        return self.survey_fn(self.state_dir, self.manifest, self.path, self.applied, call)
+        self.died = set()
+        survey = self.survey_fn(self.state_dir, self.manifest, self.path, self.applied, call)
+        self.processes = survey.processes
+        return survey
 
     # -- repairs ------------------------------------------------------------------------------------
 
