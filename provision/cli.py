@@ -500,7 +500,8 @@ def watch(ctx: click.Context, manifest: str, interval: float, json_log: str | No
     """Keep the manifest true: `up`, then check every S seconds and run `up` again when something drifted.
 
     Checks the server (its process, /v1/models) and each model (listed and READY; a real call every
-    5th check). A model whose process died is first left to Xinference, which recreates it; one the
+    5th check); between checks it looks every second at the server's and the models' processes. A
+    model whose process died is first left to Xinference, which recreates it; one the
     server lost is relaunched through its fallback chain, and a dead server is restarted with its
     models, each repair with exponential backoff (5 s doubling to 5 min). Every event is one
     timestamped line on stderr. SIGTERM or Ctrl-C stops it and leaves the stack running (exit 0 on

@@ -1,5 +1,6 @@
 """What `watch` counts as healthy: the recorded server process and its API, each model of the manifest as
-the server reports it, and (every few rounds) a real call of each model. Reads the state; changes nothing.
+the server reports it, and (every few rounds) a real call of each model; and which processes to look at
+between checks (the server's, each model's `Model: UID-repN` in its group). Reads the state; changes nothing.
 
 What xinference 4.1 does when a model's process is SIGKILLed (measured on this CPU machine, tiny embedding
 model, see the README's `provision watch`):

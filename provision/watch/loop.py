@@ -1,7 +1,10 @@
 """`provision watch`: `up` once, then check every interval and run `up` again when something drifted.
 
     lock (watch.lock, one watch per state folder) -> up -> loop: survey (checks.py) -> ledger (policy.py)
-    -> repair = apply.up(), the same code path as `provision up` -> survey again -> sleep
+    -> repair = apply.up(), the same code path as `provision up` -> survey again -> rest
+
+The rest until the next check looks every second at the processes the last survey saw (the server's, each
+model's): a death shows within a second, whatever the interval, and the check that follows calls that model.
 
 The repair is `up` itself: it keeps what runs and is unchanged, relaunches a model that is gone through its own
 fallback chain, restarts a dead server (stopping what the dead one left) and relaunches its models. Backoff per
