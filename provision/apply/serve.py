@@ -9,7 +9,7 @@ from .. import auth
 from ..errors import ProvisionError, ServerError
 from ..plan import TERMINATE, Plan
 from ..report import seconds
-from ..runtime import cluster, ports, server
+from ..runtime import cluster, ports, procs, server
 from ..state import ServerRecord
 from ..xinference import XinferenceClient
 from .run import UpRun
@@ -29,6 +29,8 @@ def serve(run: UpRun, plan: Plan) -> None:
             if previous.managed:  # its ports are free only when the last process holding them has exited
                 ports.wait_until_free(ports.server_ports(previous), PORT_RELEASE_SECONDS)
         spec = manifest.server
+        if plan.server == "start":
+            _stop_leftovers(run)
         if plan.server in ("start", "restart") and spec.mode == "cluster":
             console.line(f"[server] starting xinference-supervisor on {spec.host}:{spec.port} and {spec.workers} "
                          f"worker{'s' if spec.workers != 1 else ''} ({', '.join(spec.worker_addresses)})")
@@ -97,6 +99,19 @@ def serve(run: UpRun, plan: Plan) -> None:
         run.console.done("server")
         run.stage_seconds["serve"] = time.monotonic() - started
         run.server_ready.set()
+
+
+def _stop_leftovers(run: UpRun) -> None:
+    """The server an earlier `up` started is gone (SIGKILLed, crashed): what it started may still run. Killing
+    xinference-local's process leaves its actor pool (`start_local.py`) and every `Model:` process running in its
+    group, holding memory (GPU memory too) and, on a cluster, the workers' ports. They are stopped before a new
+    server starts, as `down` would stop them: only processes of the group it created, born after it."""
+    previous = run.previous_server
+    if previous is None or not previous.managed or not previous.pid or procs.is_same_process(previous):
+        return
+    outcome = server.stop_server(previous)
+    if outcome != "not running":
+        run.console.line(f"[server] the earlier server (pid {previous.pid}) is gone: {outcome}")
 
 
 def _terminate_removed(run: UpRun, plan: Plan) -> None:

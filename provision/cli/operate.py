@@ -1,7 +1,9 @@
-"""Living with a stack: doctor (why `up` would fail), bench (how much load it takes), service (a systemd
-unit that keeps it up)."""
+"""Living with a stack: watch (keep it true), doctor (why `up` would fail), bench (how much load it takes),
+service (a systemd unit that runs watch)."""
 
 from __future__ import annotations
+
+import sys
 
 import click
 
@@ -155,4 +157,34 @@ def service_uninstall(ctx: click.Context, manifest_or_stack: str, user: bool | N
     _render(ctx, uninstall(manifest_or_stack, user=user, force=force))
 
 
-# `provision watch MANIFEST` (keep the manifest true, on a timer) goes here.
+@cli.command()
+@click.argument("manifest", type=click.Path(dir_okay=False))
+@click.option("--interval", type=click.FloatRange(min=1), default=30.0, show_default=True, metavar="S",
+              help="Seconds between checks (a real call of each model every 5th check).")
+@click.option("--json-log", type=click.Path(dir_okay=False), metavar="FILE",
+              help="Also append every event to FILE, one JSON object per line.")
+@click.pass_context
+def watch(ctx: click.Context, manifest: str, interval: float, json_log: str | None) -> None:
+    """Keep the manifest true: `up`, then check every S seconds and run `up` again when something drifted.
+
+    Checks the server (its process, /v1/models) and each model (listed and READY; a real call every
+    5th check); between checks it looks every second at the server's and the models' processes. A
+    model whose process died is first left to Xinference, which recreates it; one the
+    server lost is relaunched through its fallback chain, and a dead server is restarted with its
+    models, each repair with exponential backoff (5 s doubling to 5 min). Every event is one
+    timestamped line on stderr. SIGTERM or Ctrl-C stops it and leaves the stack running (exit 0 on
+    SIGTERM, 130 on Ctrl-C); `provision down` stops the stack, and watch with it. One watch per state
+    folder.
+
+    \b
+    Example:
+      provision watch manifests/cpu-small.yml
+      provision watch manifests/cpu-small.yml --interval 10 --json-log /var/log/provision-watch.jsonl
+    """
+    _start(ctx, "watch")
+    from ..watch import StopSignals
+    from ..watch import watch as keep
+
+    with _console(False) as console, StopSignals() as stops:
+        code = keep(manifest, _state_dir(ctx), interval=interval, json_log=json_log, console=console, stops=stops)
+    sys.exit(code)

@@ -63,6 +63,10 @@ def make_plan(manifest: Manifest, observed: Observed, refetch: set[str] | frozen
         )
     else:
         server, server_reason = "start", f"start xinference-local on {manifest.server.host}:{manifest.server.port}"
+    if server == "start" and observed.previous is not None and observed.previous.server is not None \
+            and observed.previous.server.managed:
+        gone = observed.previous.server
+        server_reason = f"the server provision started earlier (pid {gone.pid}) is gone: {server_reason}"
     plan = Plan(manifest=manifest.file, name=manifest.name, server=server, server_reason=server_reason, base_url=url,
                 gpus=gpus_line(observed))
     if not manifest.server.endpoint and manifest.server.mode == "local":

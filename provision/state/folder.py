@@ -8,6 +8,7 @@ Layout of a state folder (default ./.provision, or --state-dir / PROVISION_STATE
 
     state.json              ServerRecord + one ModelRecord per model (every attempt of its chain)
     lock                    flock()ed by the command that changes state
+    watch.lock              flock()ed by `provision watch` for its lifetime: one watch per state folder
     logs/server.log         stdout/stderr of the xinference-local (or cluster supervisor) provision started
     logs/worker-N.log       stdout/stderr of cluster worker N (server.mode: cluster)
     ragflow/provider.json   what RAGFlow needs (see ragflow/config.py); 0600, it holds the API key
@@ -27,7 +28,7 @@ import time
 from pathlib import Path
 from typing import Iterator
 
-from ..errors import StateError
+from ..errors import ProvisionError, StateError
 from .records import STATE_VERSION, State
 
 DEFAULT_STATE_DIR = ".provision"
@@ -113,10 +114,14 @@ class StateDir:
         write_atomic(self.state_file, json.dumps(state.to_json(), indent=2, sort_keys=False) + "\n")
 
     @contextlib.contextmanager
-    def lock(self, command: str) -> Iterator[None]:
-        """Hold an exclusive lock for the whole command so two runs on one state cannot interleave."""
+    def lock(self, command: str, name: str = "lock", busy: type[ProvisionError] = StateError,
+             hint: str = "wait for it to finish, or use another --state-dir") -> Iterator[None]:
+        """Hold an exclusive lock for the whole command so two runs on one state cannot interleave.
+
+        `name`: the lock file (`watch.lock` is held by `provision watch` for its lifetime, beside the `lock`
+        that each `up` inside it takes); `busy`: the error raised, naming the holder, when it is taken."""
         self.ensure()
-        lock_path = self.path / "lock"
+        lock_path = self.path / name
         try:
             fd = os.open(lock_path, os.O_RDWR | os.O_CREAT | os.O_NOFOLLOW | os.O_CLOEXEC, 0o600)
         except OSError as exc:
@@ -126,10 +131,7 @@ class StateDir:
                 fcntl.flock(handle, fcntl.LOCK_EX | fcntl.LOCK_NB)
             except BlockingIOError:
                 holder = handle.read(200).strip() or "another provision command"
-                raise StateError(
-                    f"{self.path} is in use by {holder}",
-                    hint="wait for it to finish, or use another --state-dir",
-                ) from None
+                raise busy(f"{self.path} is in use by {holder}", hint=hint) from None
             handle.seek(0)
             handle.truncate()
             handle.write(f"`provision {command}` (pid {os.getpid()})")
