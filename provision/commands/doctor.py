@@ -125,17 +125,9 @@ def _download_need(manifest: Manifest, state: State | None, state_dir: StateDir,
     """What the plan still downloads (first candidates, each folder once), as `up` would plan it."""
     from ..observe import observe
     from ..plan import make_plan
+    from ..plan.weights import download_need
 
-    plan = make_plan(manifest, observe(manifest, state, state_dir, hub_listing=listed))
-    need, unknown, seen = 0, [], set()
-    for step in plan.steps:
-        first = next((c for c in step.candidates if c.first), None)
-        if first is None or first.folder is None or first.folder in seen:
-            continue
-        seen.add(first.folder)
-        if first.bytes_to_fetch is None and not first.weights.startswith(("present", "missing", "no local")):
-            unknown.append(step.uid)
-        need += first.bytes_to_fetch or 0
+    need, unknown = download_need(make_plan(manifest, observe(manifest, state, state_dir, hub_listing=listed)))
     if unknown and not need:
         return None, f"size unknown ({', '.join(unknown)}: the hub did not list {'them' if len(unknown) > 1 else 'it'})"
     return need, ""

@@ -60,8 +60,8 @@ def weights_text(manifest: Manifest, c: Candidate, observed: Observed, to_fetch:
     return f"download {c.source} from {hub}{size}" if fetched_first else f"downloaded if reached{size}"
 
 
-def disk_line(plan: Plan, manifest: Manifest, observed: Observed) -> str:
-    where = manifest.models_dir
+def download_need(plan: Plan) -> tuple[int, list[str]]:
+    """(bytes the first candidates still fetch, each folder once; uids whose size the hub did not list)."""
     need, unknown, seen = 0, [], set()
     for step in plan.steps:
         first = next((c for c in step.candidates if c.first), None)
@@ -71,6 +71,12 @@ def disk_line(plan: Plan, manifest: Manifest, observed: Observed) -> str:
         if first.bytes_to_fetch is None and not first.weights.startswith(("present", "missing", "no local")):
             unknown.append(step.uid)
         need += first.bytes_to_fetch or 0
+    return need, unknown
+
+
+def disk_line(plan: Plan, manifest: Manifest, observed: Observed) -> str:
+    where = manifest.models_dir
+    need, unknown = download_need(plan)
     free = f"{human_bytes(observed.disk_free)} free" if observed.disk_free is not None else "free space unknown"
     fetch = f"{human_bytes(need)} to fetch" if need or not unknown else "size to fetch unknown"
     text = f"{fetch} into {where}, {free}"
