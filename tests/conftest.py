@@ -7,7 +7,7 @@ import signal
 from pathlib import Path
 
 import pytest
-from support import cmdline, pid_alive
+from support import cmdline, pid_alive, port_free
 
 pytest_plugins = ["download_support"]  # the mirror and tiny repos of the download tests
 
@@ -73,3 +73,25 @@ def modelscope_client_env(tmp_path, monkeypatch):
     config.set_default_config(None)
     yield
     config.set_default_config(None)
+
+
+@pytest.fixture()
+def xinference():
+    """A tiny Xinference stand-in on loopback (tests/ragflow_standin.py) for the RAGFlow tests to call."""
+    from ragflow_standin import TinyXinference
+
+    with TinyXinference() as server:
+        port = server.port
+        yield server
+    assert port_free(port)
+
+
+@pytest.fixture()
+def standin():
+    """The RAGFlow stand-in (tests/ragflow_standin.py), with a 2 s verify limit so timeouts test quickly."""
+    from ragflow_standin import RagflowStandin
+
+    with RagflowStandin(verify_timeout=2.0) as server:
+        port = server.port
+        yield server
+    assert port_free(port)

@@ -6,30 +6,14 @@ import base64
 
 import pytest
 import requests
-from ragflow_standin import RagflowStandin, TinyXinference
-from support import free_port, port_free
+from ragflow_standin import RagflowStandin
+from support import free_port
 
 from provision.ragflow import api
 from provision.ragflow.api import RagflowAuthError, RagflowClient, RagflowError, encrypt_password
 from provision.ragflow.calls import LLM_APP, PROVIDERS, calls, model_ref, parse_version
 
 P = "/api/v1/providers/Xinference"
-
-
-@pytest.fixture()
-def xinference():
-    with TinyXinference() as server:
-        port = server.port
-        yield server
-    assert port_free(port)
-
-
-@pytest.fixture()
-def standin():
-    with RagflowStandin(verify_timeout=2.0) as server:
-        port = server.port
-        yield server
-    assert port_free(port)
 
 
 @pytest.fixture()

@@ -18,22 +18,6 @@ KEY = "sekrit-key"
 
 
 @pytest.fixture()
-def xinference():
-    with TinyXinference() as server:
-        port = server.port
-        yield server
-    assert port_free(port)
-
-
-@pytest.fixture()
-def standin():
-    with RagflowStandin(verify_timeout=2.0) as server:
-        port = server.port
-        yield server
-    assert port_free(port)
-
-
-@pytest.fixture()
 def client(standin):
     return RagflowClient(standin.url, api_token=standin.api_token)
 

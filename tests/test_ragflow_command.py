@@ -7,28 +7,10 @@ from __future__ import annotations
 import json
 
 import pytest
-from ragflow_standin import RagflowStandin, TinyXinference
-from support import port_free
 
 from provision.state import ModelRecord, ServerRecord, State, StateDir
 
 P = "/api/v1/providers/Xinference"
-
-
-@pytest.fixture()
-def xinference():
-    with TinyXinference() as server:
-        port = server.port
-        yield server
-    assert port_free(port)
-
-
-@pytest.fixture()
-def standin():
-    with RagflowStandin(verify_timeout=2.0) as server:
-        port = server.port
-        yield server
-    assert port_free(port)
 
 
 def stack(tmp_path, xinference, ragflow: str = "") -> StateDir:
