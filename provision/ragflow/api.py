@@ -33,7 +33,7 @@ import requests
 from .. import retry
 from .calls import (FIRST_PROVIDERS_VERSION, LLM_APP, PROVIDERS, Call, P, Verdict, Version, calls, parse_version,
                     segment)
-from .errors import AUTH_CODES, RagflowAuthError, RagflowError, is_not_found
+from .errors import AUTH_CODES, RagflowAuthError, RagflowError, failed_verdict, is_not_found
 from .routes import DatasetRoutes, LegacyRoutes
 
 # conf/public.pem of RAGFlow (the same in every install; the web UI encrypts passwords with it).
@@ -239,12 +239,8 @@ class RagflowClient(DatasetRoutes, LegacyRoutes):
         try:
             self.send(calls.verify(base_url, api_key, model_info, instance_id))
             return Verdict(True)
-        except RagflowAuthError:
-            raise
         except RagflowError as exc:
-            if exc.code is None or exc.status == 404:
-                raise
-            return Verdict(False, (exc.detail or exc.message).strip())
+            return failed_verdict(exc)
 
     def list_instances(self) -> list[dict]:
         return self.get(f"{P}/instances") or []

@@ -4,6 +4,7 @@ this version does not have."""
 from __future__ import annotations
 
 from ..errors import ProvisionError
+from .calls import Verdict
 
 class RagflowError(ProvisionError):
     """RAGFlow answered with a failure (code != 0, HTTP 401/404), an answer we cannot read, or not at all."""
@@ -32,3 +33,11 @@ AUTH_CODES = (109, 401)  # AUTHENTICATION_ERROR (login: unknown email, wrong pas
 def is_not_found(exc: RagflowError) -> bool:
     """The route does not exist on this RAGFlow (HTTP 404)."""
     return exc.status == 404
+
+
+def failed_verdict(exc: RagflowError) -> Verdict:
+    """RAGFlow's "this model does not work" as a verdict; what is no verdict (a refused credential, a route
+    this RAGFlow lacks, no answer at all) is raised again."""
+    if isinstance(exc, RagflowAuthError) or exc.code is None or exc.status == 404:
+        raise exc
+    return Verdict(False, (exc.detail or exc.message).strip())

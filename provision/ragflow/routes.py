@@ -5,7 +5,7 @@ RagflowClient (api.py), which gives send/get/envelope."""
 from __future__ import annotations
 
 from .calls import PROVIDER, CheckResult, Verdict, calls
-from .errors import RagflowAuthError, RagflowError, is_not_found
+from .errors import RagflowAuthError, RagflowError, failed_verdict, is_not_found
 
 
 class DatasetRoutes:
@@ -50,12 +50,8 @@ class LegacyRoutes:
         verify=True (v0.24+) it only checks."""
         try:
             data = self.send(calls.add_llm(name, model_type, api_base, api_key, max_tokens, verify=verify))
-        except RagflowAuthError:
-            raise
         except RagflowError as exc:
-            if exc.code is None or exc.status == 404:
-                raise
-            return Verdict(False, (exc.detail or exc.message).strip())
+            return failed_verdict(exc)
         if verify and isinstance(data, dict) and "success" in data:
             return Verdict(bool(data.get("success")), str(data.get("message") or "").strip())
         return Verdict(True)
