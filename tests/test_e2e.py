@@ -112,7 +112,7 @@ def test_up_brings_the_stack_up_through_fallbacks(stack: E2EStack, ragflow: Ragf
     assert ragflow.defaults.keys() == {"chat", "embedding", "rerank"}
     stored = ragflow.instance("e2e")
     assert stored["api_key"] == stack.credentials()["api_key"]
-    assert {n: (m["model_type"], m["verify"]) for n, m in stored["models"].items()} == {
+    assert {n: (m["model_type"], m["extra"].get("verify")) for n, m in stored["models"].items()} == {
         "e2e-embed": (["embedding"], "success"), "e2e-rerank": (["rerank"], "success"), "e2e-chat": (["chat"], "success")}
     # RAGFlow's checks reached the real models: embedding in base64, chat streamed, rerank with string booleans.
     sent = {urlsplit(r["url"]).path: r for r in ragflow.upstream}
