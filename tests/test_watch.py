@@ -303,7 +303,7 @@ def test_a_process_that_ends_between_checks_cuts_the_wait_short_and_its_model_is
 
     def survey(*args):
         result = script(*args)
-        result.processes = {"server": procs.Seen(1, 1.0), "emb": procs.Seen(2, 2.0)}
+        result.processes = {"server": (procs.Seen(1, 1.0),), "emb": (procs.Seen(2, 2.0),)}
         dies_at.setdefault("emb", clock.now + 7.5)  # 7.5 s into the 30 s wait after the first check
         return result
 
@@ -315,6 +315,8 @@ def test_a_process_that_ends_between_checks_cuts_the_wait_short_and_its_model_is
     first, second = checked_at[0], checked_at[1]
     assert second - first == pytest.approx(8 + SETTLE_S, abs=0.05)  # the 1 s look after 8 s, then the settle
     assert "emb" in script.calls[1]  # the model whose process ended is called, not just listed
+    ended = next(e for e in events_of(tmp_path) if e["event"] == "ended")
+    assert ended["subject"] == "emb" and ended["pids"] == [2]
 
 
 def test_the_processes_watched_between_checks_are_the_server_and_its_models(reaper):
@@ -333,8 +335,9 @@ def test_the_processes_watched_between_checks_are_the_server_and_its_models(reap
         record = ServerRecord(url=URL, managed=True, pid=leader.pid, pgid=leader.pid, cmdline=me.cmdline(),
                               create_time=me.create_time())
         found = checks.processes(record, {"emb", "rr"})
-        assert set(found) == {"server", "emb"} and found["server"].pid == leader.pid
-        assert psutil.Process(found["emb"].pid).ppid() == leader.pid
+        assert set(found) == {"server", "emb"} and [s.pid for s in found["server"]] == [leader.pid]
+        [model] = found["emb"]
+        assert psutil.Process(model.pid).ppid() == leader.pid
         assert checks.processes(ServerRecord(url=URL, managed=False), {"emb"}) == {}  # not ours: none watched
     finally:
         os.killpg(leader.pid, signal.SIGKILL)  # the stand-ins' own group (the retitled child included)

@@ -57,8 +57,8 @@ class Survey:
     server_pid: int | None = None
     called: dict[str, float] = field(default_factory=dict)  # uid -> latency of its call this round
     # What the loop looks at every second between checks: the server's process and each model's, as seen now
-    # ("server", or a uid -> the process). A death shows within a second, whatever the interval.
-    processes: dict[str, procs.Seen] = field(default_factory=dict)
+    # ("server", or a uid -> its processes). A death shows within a second, whatever the interval.
+    processes: dict[str, tuple[procs.Seen, ...]] = field(default_factory=dict)
 
     @property
     def healthy(self) -> bool:
@@ -131,20 +131,21 @@ def survey(state_dir: StateDir, manifest: Manifest, manifest_path: str, applied_
     return result
 
 
-def processes(record, uids: set[str]) -> dict[str, procs.Seen]:
-    """The server's process (one provision started) and the `Model: UID-repN` processes of `uids` in its group.
-    A server provision did not start, or a cluster's models on other hosts, have none to watch."""
-    found: dict[str, procs.Seen] = {}
+def processes(record, uids: set[str]) -> dict[str, tuple[procs.Seen, ...]]:
+    """The server's process (one provision started) and the `Model: UID-repN` processes of `uids` in its group
+    (every one with that title: a replica, or a helper that took its title). A server provision did not start,
+    or a cluster's models on other hosts, have none to watch."""
+    found: dict[str, tuple[procs.Seen, ...]] = {}
     if not record.managed or not record.pid or record.create_time is None:
         return found
-    found["server"] = procs.Seen(record.pid, record.create_time)
+    found["server"] = (procs.Seen(record.pid, record.create_time),)
     if record.workers:  # a cluster: the models run under the workers, maybe elsewhere
         return found
     for pid in procs.group_members(record.pgid if record.pgid == record.pid else None):
         seen = procs.identity(pid)
         match = _MODEL_TITLE.match(" ".join(seen[0]).strip()) if seen else None
         if match and match["uid"] in uids:
-            found[match["uid"]] = procs.Seen(pid, seen[1])
+            found[match["uid"]] = found.get(match["uid"], ()) + (procs.Seen(pid, seen[1]),)
     return found
 
 

@@ -3,7 +3,7 @@
 
 Events: start, up (the first `up`'s outcome), ok (all healthy; summarised, at most every OK_EVERY_S), drift (a
 subject is not healthy, and why), still (a drift's reason changed), waiting (Xinference brings it back
-itself), recovered (back without a repair), repair (an `up` starts, and for what), repaired (back, in N s),
+itself), ended (a watched process ended between checks), recovered (back without a repair), repair (an `up` starts, and for what), repaired (back, in N s),
 repair_failed (not back; next try in N s), stable (healthy long enough: its backoff starts afresh), stop.
 """
 

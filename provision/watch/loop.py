@@ -91,7 +91,7 @@ class Watcher:
         self.survey_fn = survey or checks.survey
         self.load = load
         self.clock, self.sleep, self.still = clock, sleep, still
-        self.processes: dict[str, procs.Seen] = {}  # watched between checks (checks.processes)
+        self.processes: dict[str, tuple[procs.Seen, ...]] = {}  # watched between checks (checks.processes)
         self.died: set[str] = set()  # subjects whose process the pulse saw end: called at the next check
         self.ledger = Ledger(self.options.backoff)
         self.manifest = load(manifest_path)  # a bad manifest is an error now, before anything runs
@@ -139,9 +139,12 @@ class Watcher:
             if left <= 0:
                 return
             self.sleep(min(PULSE_S, left))
-            ended = {subject for subject, seen in self.processes.items() if not self.still(seen)}
+            ended = {subject: [s.pid for s in seen if not self.still(s)] for subject, seen in self.processes.items()}
+            ended = {subject: pids for subject, pids in ended.items() if pids}
             if ended:
-                self.died |= ended
+                self.died |= set(ended)
+                self.log.emit_many("ended", list(ended), "its process ended; checking now",
+                                   [{"pids": pids} for pids in ended.values()])
                 self.sleep(SETTLE_S)
                 return
 
@@ -239,7 +242,8 @@ class Watcher:
         self.log.emit("ok", detail=f"server pid {survey.server_pid} answering; {len(models)} model"
                       f"{'s' if len(models) != 1 else ''} ready ({', '.join(models)})"
                       + (f"; called: {called}" if called else "") + since,
-                      server_pid=survey.server_pid, models=models, called=survey.called or None)
+                      server_pid=survey.server_pid, models=models, called=survey.called or None,
+                      watching={subject: [s.pid for s in seen] for subject, seen in survey.processes.items()} or None)
         self.last_ok, self.quiet_checks = now, 0
 
 
