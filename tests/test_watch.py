@@ -645,3 +645,21 @@ def test_the_plan_says_the_earlier_server_is_gone():
     plan = make_plan(m, Observed(previous=State(manifest="m", name="t", server=gone), gpus=[]))
     assert plan.server == "start"
     assert plan.server_reason == "the server provision started earlier (pid 4242) is gone: start xinference-local on 127.0.0.1:9997"
+
+
+@responses.activate
+def test_a_recreated_model_ready_before_the_listing_shows_it_is_still_left_to_xinference(tmp_path):
+    """Seen in CI: Xinference's new instance is READY a few seconds before /v1/models lists it again. That is
+    the end of its own recreation, not a drift to repair at once: the same grace as the ERROR it came from."""
+    state_dir = state_with(tmp_path, ours(), running("emb", ready_seconds=12.0), running("rr", "rerank"))
+    listing("rr")
+    instance("emb", "READY")
+    instance("rr", "READY")
+    _, found = survey_of(tmp_path, state_dir)
+    assert not found["emb"].ok and found["emb"].defer_s == 2 * 12.0 + 60
+    ledger = Ledger()
+    ledger.update([bad("emb", "its instance is ERROR", defer_s=84)], 0)
+    ledger.update([found["emb"]], 9)  # READY, not listed: within the grace of the recreation
+    assert ledger.due(12) == []
+    events = ledger.update([good("emb")], 12)
+    assert [e.event for e in events] == ["recovered"]

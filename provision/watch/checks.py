@@ -204,8 +204,9 @@ def _model(client, state: State, manifest: Manifest, uid: str, listed: set[str])
                        facts=facts)
     if uid in listed and status in ("", "READY"):
         return Finding(uid, True, facts=facts)
-    if status == "READY":
-        return Finding(uid, False, "its instance is READY but /v1/models does not list it", confirm=True, facts=facts)
+    if status == "READY":  # how a recreation ends: READY a few seconds before the listing shows it again
+        return Finding(uid, False, "its instance is READY but /v1/models does not list it", confirm=True,
+                       defer_s=_grace(record, manifest), facts=facts)
     return Finding(uid, False, "the server no longer runs it" + (f" (instance {status})" if status else ""), facts=facts)
 
 
