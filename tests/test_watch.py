@@ -39,6 +39,17 @@ roles: {chat: 0}
 """
 
 
+def leader_record(leader: subprocess.Popen, pids) -> ServerRecord:
+    """The record of a stand-in server process, once the child it starts has written its pid to `pids`."""
+    deadline = time.monotonic() + 30
+    while not (pids.exists() and pids.read_text().strip()):
+        assert time.monotonic() < deadline, "the stand-in did not start its child"
+        time.sleep(0.05)
+    me = psutil.Process(leader.pid)
+    return ServerRecord(url=URL, managed=True, pid=leader.pid, pgid=leader.pid, cmdline=me.cmdline(),
+                        create_time=me.create_time())
+
+
 # -- the backoff ----------------------------------------------------------------------------------------
 
 def test_the_delay_doubles_from_five_seconds_and_caps_at_five_minutes():
@@ -327,13 +338,7 @@ def test_the_processes_watched_between_checks_are_the_server_and_its_models(reap
     leader_code = f"import subprocess, sys, time; subprocess.Popen([sys.executable, '-c', {child!r}]); time.sleep(120)"
     leader = subprocess.Popen([sys.executable, "-c", leader_code, str(reaper)], start_new_session=True)
     try:
-        deadline = time.monotonic() + 30
-        while not (pids.exists() and pids.read_text().strip()):
-            assert time.monotonic() < deadline, "the stand-in model process did not start"
-            time.sleep(0.05)
-        me = psutil.Process(leader.pid)
-        record = ServerRecord(url=URL, managed=True, pid=leader.pid, pgid=leader.pid, cmdline=me.cmdline(),
-                              create_time=me.create_time())
+        record = leader_record(leader, pids)
         found = checks.processes(record, {"emb", "rr"})
         assert set(found) == {"server", "emb"} and [s.pid for s in found["server"]] == [leader.pid]
         [model] = found["emb"]
@@ -618,13 +623,7 @@ def test_up_stops_what_a_killed_server_left_in_its_group_before_it_starts_anothe
     child = (f"import subprocess, sys, time; c = subprocess.Popen([sys.executable, '-c', 'import time; time.sleep(120)', "
              f"'{reaper}']); open('{pids}', 'a').write(f'{{c.pid}}\\n'); time.sleep(120)")
     leader = subprocess.Popen([sys.executable, "-c", child, str(reaper)], start_new_session=True)
-    deadline = time.monotonic() + 30
-    while not (pids.exists() and pids.read_text().strip()):
-        assert time.monotonic() < deadline, "the stand-in did not start its child"
-        time.sleep(0.05)
-    me = psutil.Process(leader.pid)
-    record = ServerRecord(url=URL, managed=True, pid=leader.pid, pgid=leader.pid, cmdline=me.cmdline(),
-                          create_time=me.create_time())
+    record = leader_record(leader, pids)
     [orphan] = [int(p) for p in pids.read_text().split()]
     leader.kill()
     leader.wait()
